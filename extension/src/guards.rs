@@ -1,0 +1,97 @@
+//! Triggers that keep derived data and history out of reach of direct writes:
+//! `tally.usage`, `learning_plans.completed_sessions`, learning plans with completed
+//! sessions, and the counter of a kind in use.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgTrigger};
+
+use crate::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::internal;
+use crate::sessions::column;
+
+fn maintained_by_tally(what: &str) -> TallyError {
+    TallyError::new(TallyCode::CounterMaintainedByTally, format!("{what} is maintained by tally and cannot be written directly"))
+        .hint("write tally.sessions and the counters follow; to fix drift, run SELECT tally.repair()")
+}
+
+/// BEFORE INSERT/UPDATE/DELETE/TRUNCATE on tally.usage, per statement.
+fn usage_reject_direct_write(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    if internal::active() {
+        Ok(pg_sys::Datum::null())
+    } else {
+        Err(maintained_by_tally("tally.usage"))
+    }
+}
+entry!(tally_usage_reject_direct_write, pg_finfo_tally_usage_reject_direct_write, usage_reject_direct_write);
+
+/// BEFORE INSERT/UPDATE on tally.learning_plans, per row. A new plan starts at zero
+/// completed sessions whatever the INSERT says (so a restored dump is recounted from
+/// its sessions, not counted twice); afterwards only tally changes the count.
+fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let new = trigger.new().expect("row trigger has a new row");
+    let completed: Option<i32> = column(&new, "completed_sessions");
+    match trigger.old() {
+        None if completed != Some(0) => {
+            let mut row = new.into_owned();
+            row.set_by_name("completed_sessions", 0i32)
+                .unwrap_or_else(|e| panic!("tally: cannot set completed_sessions: {e}"));
+            Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
+        }
+        Some(old) if column::<i32>(&old, "completed_sessions") != completed && !internal::active() => {
+            Err(maintained_by_tally("tally.learning_plans.completed_sessions"))
+        }
+        _ => Ok(pg_sys::Datum::from(if trigger.old().is_some() {
+            trigger.trigger_data().tg_newtuple
+        } else {
+            trigger.trigger_data().tg_trigtuple
+        })),
+    }
+}
+entry!(tally_learning_plans_guard_counter, pg_finfo_tally_learning_plans_guard_counter, learning_plans_guard_counter);
+
+/// BEFORE DELETE on tally.learning_plans, per row: completed sessions happened, so a
+/// plan that has them stays. Deleting the whole subscription still removes it.
+fn learning_plans_keep_completed(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let old = trigger.old().expect("row trigger has an old row");
+    let plan: pgrx::Uuid = column(&old, "learning_plan_id").expect("learning_plan_id is NOT NULL");
+    let user: String = column(&old, "user_id").expect("user_id is NOT NULL");
+    let completed = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM tally.sessions
+          WHERE learning_plan_id = $1 AND status = 'completed'
+            AND EXISTS (SELECT 1 FROM tally.subscriptions WHERE user_id = $2)",
+        &[plan.into(), user.clone().into()],
+    )
+    .unwrap_or_else(|e| panic!("tally: cannot count learning plan sessions: {e}"))
+    .unwrap_or(0);
+    if completed > 0 {
+        return Err(TallyError::new(
+            TallyCode::LearningPlanHasCompletedSessions,
+            format!("learning plan {plan} has {completed} completed session(s) and cannot be deleted"),
+        )
+        .detail(format!("user_id={user}"))
+        .hint("completed sessions happened and keep counting; delete the subscription to remove everything of a user"));
+    }
+    Ok(pg_sys::Datum::from(trigger.trigger_data().tg_trigtuple))
+}
+entry!(tally_learning_plans_keep_completed, pg_finfo_tally_learning_plans_keep_completed, learning_plans_keep_completed);
+
+/// BEFORE UPDATE on tally.session_kinds when counter changes.
+fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let old = trigger.old().expect("row trigger has an old row");
+    let kind: String = column(&old, "kind").expect("kind is NOT NULL");
+    let in_use = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM tally.sessions WHERE kind = $1 AND status = 'completed')",
+        &[kind.clone().into()],
+    )
+    .unwrap_or_else(|e| panic!("tally: cannot check kind usage: {e}"))
+    .unwrap_or(false);
+    if in_use {
+        return Err(TallyError::new(
+            TallyCode::KindInUse,
+            format!("the counter of kind \"{kind}\" cannot change while completed sessions of that kind exist"),
+        )
+        .hint("map a new kind instead and use it for new sessions"));
+    }
+    Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
+}
+entry!(tally_session_kinds_check_counter, pg_finfo_tally_session_kinds_check_counter, session_kinds_check_counter);

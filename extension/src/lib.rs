@@ -1,0 +1,62 @@
+//! tally: subscription usage counters that PostgreSQL keeps exact.
+//!
+//! Schema lives in `sql/`; this crate holds the logic: billing-period arithmetic,
+//! the statement-level counting triggers, the rule triggers, and verify/repair.
+
+use pgrx::prelude::*;
+
+mod counting;
+mod errors;
+mod guards;
+mod internal;
+mod period;
+mod rebucket;
+mod repair;
+mod sessions;
+mod settings;
+
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!(
+    "../../sql/schema.sql",
+    name = "schema",
+    requires = [period::period_is_valid, period::period_start_for, period::period_end_for]
+);
+extension_sql_file!("../../sql/triggers.sql", name = "triggers", requires = ["schema", repair::repair]);
+
+/// RFC 3339 text of a timestamp, in UTC, for messages.
+pub(crate) fn format_timestamp(ts: TimestampWithTimeZone) -> String {
+    period::to_datetime(ts.into_inner()).format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT {
+        internal::reset();
+    }
+}
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+    // SAFETY: registers a callback that lives as long as the library.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+    // Reserve the prefix so a typo such as tally.enforce_limit is an error, not a new setting.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'tally'"]
+    }
+}

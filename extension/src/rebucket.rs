@@ -1,0 +1,110 @@
+//! Keeping the invariant when billing periods move: a changed `period_anchor`, a move
+//! to a plan with another period, or a plan's new `period` re-buckets the affected
+//! users' usage from their sessions, in the same transaction.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgTrigger};
+
+use crate::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::internal::InternalWrite;
+use crate::sessions::column;
+
+/// Recounts every usage row of `users` from their completed sessions. The subscription
+/// rows are locked first, so that concurrent session inserts (whose foreign key checks
+/// take KEY SHARE locks) finish before the recount or wait for the new periods.
+pub fn rebuild_usage(users: Vec<String>) {
+    let _internal = InternalWrite::begin();
+    Spi::connect_mut(|client| {
+        let users: pgrx::datum::DatumWithOid = users.into();
+        for sql in [
+            "SELECT 1 FROM tally.subscriptions WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+            "DELETE FROM tally.usage WHERE user_id = ANY($1)",
+            "INSERT INTO tally.usage (user_id, period_start, period_end, practice_sessions_used, assessments_used)
+             SELECT x.user_id,
+                    tally.period_start_for(s.period_anchor, p.period, x.started_at),
+                    tally.period_end_for(s.period_anchor, p.period, x.started_at),
+                    count(*) FILTER (WHERE k.counter = 'practice_sessions'),
+                    count(*) FILTER (WHERE k.counter = 'assessments')
+               FROM tally.sessions x
+               JOIN tally.session_kinds k ON k.kind = x.kind
+               JOIN tally.subscriptions s ON s.user_id = x.user_id
+               JOIN tally.plans p ON p.plan_id = s.plan_id
+              WHERE x.user_id = ANY($1) AND x.status = 'completed' AND k.counter <> 'none'
+              GROUP BY 1, 2, 3",
+        ] {
+            client
+                .update(sql, None, std::slice::from_ref(&users))
+                .unwrap_or_else(|e| panic!("tally: cannot re-bucket usage: {e}"));
+        }
+    });
+}
+
+/// AFTER UPDATE on tally.subscriptions, per row.
+fn subscriptions_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let old = trigger.old().expect("row trigger has an old row");
+    let new = trigger.new().expect("row trigger has a new row");
+    let old_user: Option<String> = column(&old, "user_id");
+    let new_user: Option<String> = column(&new, "user_id");
+    if old_user != new_user {
+        return Err(TallyError::new(TallyCode::ImmutableColumn, "user_id of a subscription never changes")
+            .detail(format!("user_id={}", old_user.unwrap_or_default()))
+            .hint("create a new subscription instead"));
+    }
+    let anchor = |row: &pgrx::heap_tuple::PgHeapTuple<'_, _>| {
+        column::<TimestampWithTimeZone>(row, "period_anchor").map(|t| t.into_inner())
+    };
+    let old_plan: Option<String> = column(&old, "plan_id");
+    let new_plan: Option<String> = column(&new, "plan_id");
+    let periods_moved = anchor(&old) != anchor(&new)
+        || (old_plan != new_plan
+            && Spi::get_one_with_args::<bool>(
+                "SELECT (SELECT period FROM tally.plans WHERE plan_id = $1)
+                        IS DISTINCT FROM (SELECT period FROM tally.plans WHERE plan_id = $2)",
+                &[old_plan.into(), new_plan.into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: cannot compare plan periods: {e}"))
+            .unwrap_or(true));
+    if periods_moved {
+        rebuild_usage(new_user.into_iter().collect());
+    }
+    Ok(pg_sys::Datum::null())
+}
+entry!(tally_subscriptions_rebucket, pg_finfo_tally_subscriptions_rebucket, subscriptions_rebucket);
+
+/// AFTER UPDATE OF period on tally.plans, per row.
+fn plans_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let new = trigger.new().expect("row trigger has a new row");
+    let plan: Option<String> = column(&new, "plan_id");
+    let users: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT user_id FROM tally.subscriptions WHERE plan_id = $1 ORDER BY user_id",
+                None,
+                &[plan.into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: cannot list subscriptions: {e}"))
+            .filter_map(|row| row.get::<String>(1).ok().flatten())
+            .collect()
+    });
+    if !users.is_empty() {
+        rebuild_usage(users);
+    }
+    Ok(pg_sys::Datum::null())
+}
+entry!(tally_plans_rebucket, pg_finfo_tally_plans_rebucket, plans_rebucket);
+
+/// AFTER DELETE on tally.subscriptions, per statement: a deleted user's usage goes too
+/// (sessions and learning plans follow by ON DELETE CASCADE).
+fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let _internal = InternalWrite::begin();
+    Spi::connect_mut(|client| {
+        let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
+        // SAFETY: inside an SPI connection, with PostgreSQL's trigger data.
+        unsafe { pg_sys::SPI_register_trigger_data(data) };
+        client
+            .update("DELETE FROM tally.usage WHERE user_id IN (SELECT user_id FROM tally_old)", None, &[])
+            .unwrap_or_else(|e| panic!("tally: cannot drop usage of deleted subscriptions: {e}"));
+    });
+    Ok(pg_sys::Datum::null())
+}
+entry!(tally_subscriptions_drop_usage, pg_finfo_tally_subscriptions_drop_usage, subscriptions_drop_usage);

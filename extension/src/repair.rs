@@ -1,0 +1,223 @@
+//! `tally.verify()` proves the counters agree with the sessions; `tally.repair()` fixes
+//! every one that does not and records each fix in `tally.adjustments`.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::internal::InternalWrite;
+
+/// Every counter that disagrees with a recount from tally.sessions.
+const VERIFY_SQL: &str = r#"
+WITH actual AS (
+    SELECT x.user_id,
+           tally.period_start_for(s.period_anchor, p.period, x.started_at) AS period_start,
+           count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice,
+           count(*) FILTER (WHERE k.counter = 'assessments') AS assessments
+    FROM tally.sessions x
+    JOIN tally.session_kinds k ON k.kind = x.kind
+    JOIN tally.subscriptions s ON s.user_id = x.user_id
+    JOIN tally.plans p ON p.plan_id = s.plan_id
+    WHERE x.status = 'completed' AND k.counter <> 'none'
+    GROUP BY 1, 2
+),
+compared AS (
+    SELECT coalesce(u.user_id, a.user_id) AS user_id,
+           coalesce(u.period_start, a.period_start) AS period_start,
+           coalesce(u.practice_sessions_used, 0)::bigint AS stored_practice,
+           coalesce(a.practice, 0) AS actual_practice,
+           coalesce(u.assessments_used, 0)::bigint AS stored_assessments,
+           coalesce(a.assessments, 0) AS actual_assessments
+    FROM tally.usage u
+    FULL JOIN actual a ON a.user_id = u.user_id AND a.period_start = u.period_start
+),
+plans AS (
+    SELECT lp.learning_plan_id, lp.completed_sessions,
+           (SELECT count(*) FROM tally.sessions x
+             WHERE x.learning_plan_id = lp.learning_plan_id AND x.status = 'completed') AS actual
+    FROM tally.learning_plans lp
+)
+SELECT 'usage' AS object, user_id AS id, period_start, 'practice_sessions_used' AS counter,
+       stored_practice AS stored, actual_practice AS actual
+FROM compared WHERE stored_practice <> actual_practice
+UNION ALL
+SELECT 'usage', user_id, period_start, 'assessments_used', stored_assessments, actual_assessments
+FROM compared WHERE stored_assessments <> actual_assessments
+UNION ALL
+SELECT 'learning_plan', learning_plan_id::text, NULL, 'completed_sessions', completed_sessions::bigint, actual
+FROM plans WHERE completed_sessions <> actual
+ORDER BY 1, 2, 3, 4
+"#;
+
+struct Drift {
+    object: String,
+    id: String,
+    period_start: Option<TimestampWithTimeZone>,
+    counter: String,
+    stored: i64,
+    actual: i64,
+}
+
+fn find_drift(client: &mut SpiClient<'_>) -> Vec<Drift> {
+    client
+        .update(VERIFY_SQL, None, &[])
+        .unwrap_or_else(|e| panic!("tally: verify query failed: {e}"))
+        .map(|row| Drift {
+            object: row.get(1).ok().flatten().unwrap_or_default(),
+            id: row.get(2).ok().flatten().unwrap_or_default(),
+            period_start: row.get(3).ok().flatten(),
+            counter: row.get(4).ok().flatten().unwrap_or_default(),
+            stored: row.get(5).ok().flatten().unwrap_or_default(),
+            actual: row.get(6).ok().flatten().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// One row per counter that disagrees with the sessions; no rows means consistent.
+#[pg_extern(volatile)]
+pub fn verify() -> TableIterator<
+    'static,
+    (
+        name!(object, String),
+        name!(id, String),
+        name!(period_start, Option<TimestampWithTimeZone>),
+        name!(counter, String),
+        name!(stored, i64),
+        name!(actual, i64),
+    ),
+> {
+    let rows = Spi::connect_mut(find_drift);
+    TableIterator::new(
+        rows.into_iter()
+            .map(|d| (d.object, d.id, d.period_start, d.counter, d.stored, d.actual)),
+    )
+}
+
+fn one_i64(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> Option<i64> {
+    client
+        .update(sql, Some(1), args)
+        .unwrap_or_else(|e| panic!("tally: repair query failed: {e}"))
+        .first()
+        .get_one::<i64>()
+        .unwrap_or_else(|e| panic!("tally: repair query returned an unexpected value: {e}"))
+}
+
+/// Locks the counter, recounts it under the lock and fixes it. Returns the stored
+/// and actual values seen under the lock.
+fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
+    let period_start = d.period_start.expect("usage drift has a period");
+    let key = || -> Vec<DatumWithOid<'static>> { vec![d.id.clone().into(), period_start.into()] };
+    client
+        .update(
+            "INSERT INTO tally.usage (user_id, period_start, period_end)
+             SELECT s.user_id, $2, tally.period_end_for(s.period_anchor, p.period, $2)
+               FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
+              WHERE s.user_id = $1
+             ON CONFLICT (user_id, period_start) DO NOTHING",
+            None,
+            &key(),
+        )
+        .unwrap_or_else(|e| panic!("tally: repair could not create a usage row: {e}"));
+    let stored = one_i64(
+        client,
+        "SELECT CASE WHEN $3 = 'practice_sessions_used' THEN practice_sessions_used ELSE assessments_used END::bigint
+           FROM tally.usage WHERE user_id = $1 AND period_start = $2 FOR UPDATE",
+        &[d.id.clone().into(), period_start.into(), d.counter.clone().into()],
+    );
+    let Some(stored) = stored else {
+        // No usage row and no subscription: nothing is stored and nothing counts.
+        return (0, 0);
+    };
+    let actual = one_i64(
+        client,
+        "SELECT count(*) FROM tally.sessions x
+           JOIN tally.session_kinds k ON k.kind = x.kind
+           JOIN tally.subscriptions s ON s.user_id = x.user_id
+           JOIN tally.plans p ON p.plan_id = s.plan_id
+          WHERE x.user_id = $1 AND x.status = 'completed'
+            AND k.counter || '_used' = $3
+            AND tally.period_start_for(s.period_anchor, p.period, x.started_at) = $2",
+        &[d.id.clone().into(), period_start.into(), d.counter.clone().into()],
+    )
+    .unwrap_or(0);
+    if stored != actual {
+        client
+            .update(
+                "UPDATE tally.usage
+                    SET practice_sessions_used = CASE WHEN $3 = 'practice_sessions_used' THEN $4::int ELSE practice_sessions_used END,
+                        assessments_used = CASE WHEN $3 = 'assessments_used' THEN $4::int ELSE assessments_used END
+                  WHERE user_id = $1 AND period_start = $2",
+                None,
+                &[d.id.clone().into(), period_start.into(), d.counter.clone().into(), actual.into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: repair could not update usage: {e}"));
+    }
+    (stored, actual)
+}
+
+fn fix_learning_plan(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
+    let id = || -> Vec<DatumWithOid<'static>> { vec![d.id.clone().into()] };
+    let Some(stored) = one_i64(
+        client,
+        "SELECT completed_sessions::bigint FROM tally.learning_plans WHERE learning_plan_id = $1::uuid FOR UPDATE",
+        &id(),
+    ) else {
+        return (0, 0);
+    };
+    let actual = one_i64(
+        client,
+        "SELECT count(*) FROM tally.sessions WHERE learning_plan_id = $1::uuid AND status = 'completed'",
+        &id(),
+    )
+    .unwrap_or(0);
+    if stored != actual {
+        client
+            .update(
+                "UPDATE tally.learning_plans SET completed_sessions = $2::int WHERE learning_plan_id = $1::uuid",
+                None,
+                &[d.id.clone().into(), actual.into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: repair could not update a learning plan: {e}"));
+    }
+    (stored, actual)
+}
+
+/// Fixes every counter `verify()` reports, records each fix in tally.adjustments and
+/// returns how many it fixed. Each counter is locked and recounted under its lock, so
+/// sessions written concurrently are neither lost nor counted twice. Run it in READ
+/// COMMITTED (the default); under REPEATABLE READ a concurrent write makes it fail
+/// with a serialization error instead.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn repair() -> i64 {
+    let _internal = InternalWrite::begin();
+    Spi::connect_mut(|client| {
+        let mut fixed = 0;
+        for drift in find_drift(client) {
+            let (stored, actual) = match drift.object.as_str() {
+                "usage" => fix_usage(client, &drift),
+                _ => fix_learning_plan(client, &drift),
+            };
+            if stored == actual {
+                continue; // fixed meanwhile by the writes that were in flight
+            }
+            client
+                .update(
+                    "INSERT INTO tally.adjustments (adjusted_by, object, object_id, period_start, counter, old_value, new_value)
+                     VALUES (session_user, $1, $2, $3, $4, $5, $6)",
+                    None,
+                    &[
+                        drift.object.clone().into(),
+                        drift.id.clone().into(),
+                        drift.period_start.into(),
+                        drift.counter.clone().into(),
+                        stored.into(),
+                        actual.into(),
+                    ],
+                )
+                .unwrap_or_else(|e| panic!("tally: repair could not record an adjustment: {e}"));
+            fixed += 1;
+        }
+        fixed
+    })
+}

@@ -1,0 +1,122 @@
+//! Row rules for `tally.sessions`: the completed_at fill-in and what an UPDATE may change.
+
+use pgrx::datum::{FromDatum, IntoDatum, UnboxDatum};
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, AllocatedByPostgres, PgTrigger, WhoAllocated};
+
+use crate::errors::{entry, TallyCode, TallyError, TallyResult};
+
+pub fn column<T>(row: &PgHeapTuple<'_, impl WhoAllocated>, name: &str) -> Option<T>
+where
+    T: FromDatum + IntoDatum + for<'t> UnboxDatum<As<'t> = T> + 'static,
+{
+    row.get_by_name::<T>(name)
+        .unwrap_or_else(|e| panic!("tally: cannot read column {name}: {e}"))
+}
+
+fn transaction_start() -> TimestampWithTimeZone {
+    // SAFETY: reads a backend-local timestamp.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    TimestampWithTimeZone::try_from(now).expect("the transaction start is a valid timestamp")
+}
+
+/// completed_at for a session that becomes completed without one: now(), but never
+/// before started_at (which may lie up to 5 minutes ahead).
+fn default_completed_at(started_at: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
+    let now = transaction_start();
+    match started_at {
+        Some(started) if started.into_inner() > now.into_inner() => started,
+        _ => now,
+    }
+}
+
+fn sets_completed_at(row: PgHeapTuple<'_, AllocatedByPostgres>) -> TallyResult<pg_sys::Datum> {
+    let mut row = row.into_owned();
+    let completed_at = default_completed_at(column(&row, "started_at"));
+    row.set_by_name("completed_at", completed_at)
+        .unwrap_or_else(|e| panic!("tally: cannot set completed_at: {e}"));
+    Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
+}
+
+/// BEFORE INSERT (only rows completed without completed_at reach it, see the WHEN clause).
+fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    sets_completed_at(trigger.new().expect("BEFORE INSERT row trigger has a new row"))
+}
+entry!(tally_sessions_fill_completed_at, pg_finfo_tally_sessions_fill_completed_at, fill_completed_at);
+
+/// The status changes a session may make.
+fn transition_allowed(from: &str, to: &str) -> bool {
+    matches!((from, to), ("started", "completed") | ("started", "abandoned"))
+}
+
+fn immutable(session: &str, message: String) -> TallyError {
+    TallyError::new(TallyCode::ImmutableColumn, message).detail(format!("session {session}"))
+}
+
+/// BEFORE UPDATE: status may only move forward; user_id, kind, started_at (and the
+/// keys) never change; a completed or abandoned session may change only duration_seconds.
+fn check_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let old = trigger.old().expect("BEFORE UPDATE row trigger has an old row");
+    let new = trigger.new().expect("BEFORE UPDATE row trigger has a new row");
+    let id = column::<pgrx::Uuid>(&old, "session_id").map(|u| u.to_string()).unwrap_or_default();
+
+    let same_text = |name: &str| column::<String>(&old, name) == column::<String>(&new, name);
+    let same_uuid = |name: &str| column::<pgrx::Uuid>(&old, name) == column::<pgrx::Uuid>(&new, name);
+    let same_ts = |name: &str| {
+        column::<TimestampWithTimeZone>(&old, name).map(|t| t.into_inner())
+            == column::<TimestampWithTimeZone>(&new, name).map(|t| t.into_inner())
+    };
+
+    for (name, same) in [
+        ("session_id", same_uuid("session_id")),
+        ("user_id", same_text("user_id")),
+        ("kind", same_text("kind")),
+        ("started_at", same_ts("started_at")),
+        ("created_at", same_ts("created_at")),
+    ] {
+        if !same {
+            return Err(immutable(&id, format!("{name} of a session never changes")));
+        }
+    }
+
+    let old_status = column::<String>(&old, "status").unwrap_or_default();
+    let new_status = column::<String>(&new, "status").unwrap_or_default();
+    if old_status != new_status && !transition_allowed(&old_status, &new_status) {
+        return Err(TallyError::new(
+            TallyCode::InvalidStatusTransition,
+            format!("a session cannot change status from {old_status} to {new_status}"),
+        )
+        .detail(format!("session {id}"))
+        .hint("allowed changes: started -> completed, started -> abandoned"));
+    }
+
+    if old_status != "started" {
+        for (name, same) in [
+            ("learning_plan_id", same_uuid("learning_plan_id")),
+            ("completed_at", same_ts("completed_at")),
+        ] {
+            if !same {
+                return Err(immutable(
+                    &id,
+                    format!("session is {old_status}: only duration_seconds may change, not {name}"),
+                ));
+            }
+        }
+    }
+
+    if new_status == "completed" && column::<TimestampWithTimeZone>(&new, "completed_at").is_none() {
+        return sets_completed_at(new);
+    }
+    Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
+}
+entry!(tally_sessions_check_update, pg_finfo_tally_sessions_check_update, check_update);
+
+fn reject_truncate(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    Err(TallyError::new(
+        TallyCode::TruncateRejected,
+        "TRUNCATE of tally.sessions is not allowed: it would bypass the usage counters",
+    )
+    .hint("DELETE the sessions instead; their usage is given back"))
+}
+entry!(tally_sessions_reject_truncate, pg_finfo_tally_sessions_reject_truncate, reject_truncate);

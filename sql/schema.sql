@@ -1,0 +1,149 @@
+-- tally: tables, the analyst view and the shipped session kinds.
+-- Everything here is shape; the rules that span rows live in the Rust triggers
+-- bound in triggers.sql.
+
+CREATE TABLE tally.plans (
+    plan_id                  text PRIMARY KEY CONSTRAINT plans_plan_id_not_empty CHECK (plan_id <> ''),
+    display_name             text NOT NULL,
+    practice_sessions_limit  integer CONSTRAINT plans_practice_sessions_limit_not_negative CHECK (practice_sessions_limit >= 0),
+    assessments_limit        integer CONSTRAINT plans_assessments_limit_not_negative CHECK (assessments_limit >= 0),
+    period                   interval NOT NULL DEFAULT '1 month'
+        CONSTRAINT plans_period_positive CHECK (tally.period_is_valid(period))
+);
+COMMENT ON TABLE tally.plans IS 'Subscription plans: per-period limits (NULL = unlimited) and the billing period length.';
+
+CREATE TABLE tally.subscriptions (
+    user_id        text PRIMARY KEY CONSTRAINT subscriptions_user_id_not_empty CHECK (user_id <> ''),
+    plan_id        text NOT NULL REFERENCES tally.plans (plan_id),
+    period_anchor  timestamptz NOT NULL DEFAULT now()
+        CONSTRAINT subscriptions_period_anchor_finite CHECK (isfinite(period_anchor)),
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX subscriptions_plan_id_idx ON tally.subscriptions (plan_id);
+COMMENT ON TABLE tally.subscriptions IS 'One subscription per user; billing periods are [period_anchor + k*period, period_anchor + (k+1)*period), computed in UTC.';
+
+CREATE TABLE tally.session_kinds (
+    kind     text PRIMARY KEY CONSTRAINT session_kinds_kind_not_empty CHECK (kind <> ''),
+    counter  text NOT NULL
+        CONSTRAINT session_kinds_counter_known CHECK (counter IN ('practice_sessions', 'assessments', 'none'))
+);
+COMMENT ON TABLE tally.session_kinds IS 'Maps every session kind to the counter it uses. Unknown kinds are rejected: map a new kind here first, even if to none.';
+
+INSERT INTO tally.session_kinds (kind, counter) VALUES
+    ('practice', 'practice_sessions'),
+    ('learning_plan', 'practice_sessions'),
+    ('assessment', 'assessments');
+
+CREATE TABLE tally.learning_plans (
+    learning_plan_id    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id             text NOT NULL REFERENCES tally.subscriptions (user_id) ON DELETE CASCADE,
+    title               text NOT NULL DEFAULT '',
+    total_sessions      integer CONSTRAINT learning_plans_total_sessions_positive CHECK (total_sessions > 0),
+    completed_sessions  integer NOT NULL DEFAULT 0,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT learning_plans_id_user_key UNIQUE (learning_plan_id, user_id)
+);
+CREATE INDEX learning_plans_user_id_idx ON tally.learning_plans (user_id);
+COMMENT ON COLUMN tally.learning_plans.completed_sessions IS 'Maintained by tally: the number of completed sessions of this plan.';
+
+CREATE TABLE tally.sessions (
+    session_id        uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id           text NOT NULL
+        CONSTRAINT sessions_user_id_fkey REFERENCES tally.subscriptions (user_id) ON DELETE CASCADE,
+    kind              text NOT NULL
+        CONSTRAINT sessions_kind_fkey REFERENCES tally.session_kinds (kind),
+    learning_plan_id  uuid,
+    status            text NOT NULL DEFAULT 'completed'
+        CONSTRAINT sessions_status_known CHECK (status IN ('started', 'completed', 'abandoned')),
+    started_at        timestamptz NOT NULL DEFAULT now(),
+    completed_at      timestamptz,
+    duration_seconds  integer CONSTRAINT sessions_duration_not_negative CHECK (duration_seconds >= 0),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    -- A session's learning plan must belong to the same user.
+    CONSTRAINT sessions_learning_plan_same_user FOREIGN KEY (learning_plan_id, user_id)
+        REFERENCES tally.learning_plans (learning_plan_id, user_id) ON DELETE CASCADE,
+    CONSTRAINT sessions_started_at_finite CHECK (isfinite(started_at)),
+    -- now() is the transaction start: a session may start at most 5 minutes ahead of it.
+    CONSTRAINT sessions_started_at_not_in_future CHECK (started_at <= now() + interval '5 minutes'),
+    CONSTRAINT sessions_completed_at_not_before_start CHECK (completed_at >= started_at),
+    CONSTRAINT sessions_completed_has_completed_at CHECK (status <> 'completed' OR completed_at IS NOT NULL),
+    CONSTRAINT sessions_started_has_no_completed_at CHECK (status <> 'started' OR completed_at IS NULL)
+);
+CREATE INDEX sessions_user_started_idx ON tally.sessions (user_id, started_at);
+CREATE INDEX sessions_reservations_idx ON tally.sessions (user_id, started_at) WHERE status = 'started';
+CREATE INDEX sessions_learning_plan_idx ON tally.sessions (learning_plan_id) WHERE learning_plan_id IS NOT NULL;
+COMMENT ON TABLE tally.sessions IS 'Every practice session and assessment. Writing here is all it takes: tally keeps usage and learning plan counters exact in the same transaction.';
+
+-- Derived data: written only by tally's triggers and tally.repair().
+-- fillfactor leaves room for HOT updates of the hot counter rows.
+CREATE TABLE tally.usage (
+    user_id                 text NOT NULL,
+    period_start            timestamptz NOT NULL,
+    period_end              timestamptz NOT NULL,
+    practice_sessions_used  integer NOT NULL DEFAULT 0,
+    assessments_used        integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, period_start)
+) WITH (fillfactor = 70);
+COMMENT ON TABLE tally.usage IS 'Maintained by tally only: completed sessions per user and billing period. A missing row means zero usage.';
+
+CREATE TABLE tally.adjustments (
+    adjustment_id  bigserial PRIMARY KEY,
+    adjusted_at    timestamptz NOT NULL DEFAULT now(),
+    adjusted_by    text NOT NULL DEFAULT current_user,
+    object         text NOT NULL CONSTRAINT adjustments_object_known CHECK (object IN ('usage', 'learning_plan')),
+    object_id      text NOT NULL,
+    period_start   timestamptz,
+    counter        text NOT NULL,
+    old_value      bigint NOT NULL,
+    new_value      bigint NOT NULL
+);
+COMMENT ON TABLE tally.adjustments IS 'Audit log: every counter tally.repair() corrected, when, by whom, old and new value.';
+
+CREATE FUNCTION tally.reservation_timeout() RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT coalesce(nullif(current_setting('tally.reservation_timeout', true), ''), '2 hours')::interval $$;
+COMMENT ON FUNCTION tally.reservation_timeout() IS 'How long a started session holds a reservation (setting tally.reservation_timeout).';
+
+CREATE VIEW tally.current_usage AS
+SELECT s.user_id,
+       s.plan_id,
+       cur.period_start,
+       cur.period_end,
+       coalesce(u.practice_sessions_used, 0) AS practice_sessions_used,
+       p.practice_sessions_limit,
+       greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - r.practice_in_progress, 0)
+           AS practice_sessions_remaining,
+       coalesce(u.assessments_used, 0) AS assessments_used,
+       p.assessments_limit,
+       greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - r.assessments_in_progress, 0)
+           AS assessments_remaining
+FROM tally.subscriptions s
+JOIN tally.plans p ON p.plan_id = s.plan_id
+CROSS JOIN LATERAL (
+    SELECT tally.period_start_for(s.period_anchor, p.period, now()) AS period_start,
+           tally.period_end_for(s.period_anchor, p.period, now()) AS period_end
+) cur
+LEFT JOIN tally.usage u ON u.user_id = s.user_id AND u.period_start = cur.period_start
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice_in_progress,
+           count(*) FILTER (WHERE k.counter = 'assessments') AS assessments_in_progress
+    FROM tally.sessions x
+    JOIN tally.session_kinds k ON k.kind = x.kind
+    WHERE x.user_id = s.user_id
+      AND x.status = 'started'
+      AND x.started_at >= cur.period_start
+      AND x.started_at < cur.period_end
+      AND x.started_at > now() - tally.reservation_timeout()
+) r;
+COMMENT ON VIEW tally.current_usage IS 'One row per subscription for the billing period containing now(); *_remaining subtracts reservations held by started sessions.';
+
+-- pg_dump: user data is dumped; tally.usage is derived and rebuilt by the
+-- triggers while sessions are restored, so it is not dumped (no double counting).
+SELECT pg_catalog.pg_extension_config_dump('tally.plans', '');
+SELECT pg_catalog.pg_extension_config_dump('tally.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('tally.session_kinds',
+    $$WHERE kind NOT IN ('practice', 'learning_plan', 'assessment')$$);
+SELECT pg_catalog.pg_extension_config_dump('tally.learning_plans', '');
+SELECT pg_catalog.pg_extension_config_dump('tally.sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('tally.adjustments', '');
+SELECT pg_catalog.pg_extension_config_dump('tally.adjustments_adjustment_id_seq', '');
