@@ -111,12 +111,15 @@ SELECT s.user_id,
        cur.period_end,
        coalesce(u.practice_sessions_used, 0) AS practice_sessions_used,
        p.practice_sessions_limit,
-       greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - r.practice_in_progress, 0)
-           AS practice_sessions_remaining,
+       -- greatest() skips NULLs, so an unlimited plan needs its own branch
+       CASE WHEN p.practice_sessions_limit IS NOT NULL
+            THEN greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - r.practice_in_progress, 0)
+       END AS practice_sessions_remaining,
        coalesce(u.assessments_used, 0) AS assessments_used,
        p.assessments_limit,
-       greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - r.assessments_in_progress, 0)
-           AS assessments_remaining
+       CASE WHEN p.assessments_limit IS NOT NULL
+            THEN greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - r.assessments_in_progress, 0)
+       END AS assessments_remaining
 FROM tally.subscriptions s
 JOIN tally.plans p ON p.plan_id = s.plan_id
 CROSS JOIN LATERAL (

@@ -1,7 +1,9 @@
 //! Settings: `tally.enforce_limits` and `tally.reservation_timeout`.
 
-use std::ffi::CString;
+use std::ffi::{c_char, c_void, CStr, CString};
 
+use pgrx::pg_sys::{self, PgTryBuilder};
+use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub static ENFORCE_LIMITS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -17,14 +19,44 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"tally.reservation_timeout",
-        c"How long a started session holds a reservation against the plan limit (an interval).",
-        c"A started session older than this no longer counts as in progress.",
-        &RESERVATION_TIMEOUT,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: the hook is a guarded extern fn that only reads its argument.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"tally.reservation_timeout",
+            c"How long a started session holds a reservation against the plan limit (an interval).",
+            c"A started session older than this no longer counts as in progress.",
+            &RESERVATION_TIMEOUT,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_reservation_timeout),
+            None,
+            None,
+        );
+    }
+}
+
+/// Accepts a value only if it reads as a non-negative interval, so a typo fails at SET.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_reservation_timeout(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let text = unsafe { newval.as_ref().copied() }.filter(|p| !p.is_null());
+    let Some(text) = text else { return true };
+    let text = unsafe { CStr::from_ptr(text) }.to_owned();
+    PgTryBuilder::new(move || {
+        // SAFETY: interval_in reads a C string argument; errors are caught below.
+        let parsed = unsafe {
+            pgrx::direct_function_call::<Interval>(
+                pg_sys::interval_in,
+                &[Some(pg_sys::Datum::from(text.as_ptr())), Some(pg_sys::Datum::from(0u32)), Some(pg_sys::Datum::from(-1i32))],
+            )
+        };
+        parsed.is_some_and(|i| i.months() >= 0 && i.days() >= 0 && i.micros() >= 0)
+    })
+    .catch_others(|_| false)
+    .execute()
 }
 
 pub fn enforce_limits() -> bool {
