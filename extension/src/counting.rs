@@ -238,7 +238,11 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     })?;
     Ok(pg_sys::Datum::null())
 }
-entry!(tally_sessions_count_insert, pg_finfo_tally_sessions_count_insert, count_insert);
+entry!(
+    tally_sessions_count_insert,
+    pg_finfo_tally_sessions_count_insert,
+    count_insert
+);
 
 fn reservations(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> Vec<i32> {
     let users: Vec<String> = checks.iter().map(|c| c.user_id.clone()).collect();
@@ -292,12 +296,20 @@ fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
 fn count_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     apply_delta(trigger, UPDATE_SQL)
 }
-entry!(tally_sessions_count_update, pg_finfo_tally_sessions_count_update, count_update);
+entry!(
+    tally_sessions_count_update,
+    pg_finfo_tally_sessions_count_update,
+    count_update
+);
 
 fn count_delete(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     apply_delta(trigger, DELETE_SQL)
 }
-entry!(tally_sessions_count_delete, pg_finfo_tally_sessions_count_delete, count_delete);
+entry!(
+    tally_sessions_count_delete,
+    pg_finfo_tally_sessions_count_delete,
+    count_delete
+);
 
 fn apply_delta(trigger: &PgTrigger<'_>, sql: &'static str) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();

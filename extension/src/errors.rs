@@ -54,7 +54,12 @@ pub struct TallyError {
 
 impl TallyError {
     pub fn new(code: TallyCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), detail: None, hint: None }
+        Self {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -102,7 +107,12 @@ fn c_text(text: String) -> CString {
 /// Must be called from the top of an `extern "C-unwind"` entry point with no live
 /// values that need dropping: errfinish longjmps into PostgreSQL.
 pub unsafe fn raise(error: TallyError) -> ! {
-    let TallyError { code, message, detail, hint } = error;
+    let TallyError {
+        code,
+        message,
+        detail,
+        hint,
+    } = error;
     let (message, detail, hint) = (c_text(message), detail.map(c_text), hint.map(c_text));
     unsafe {
         if errstart(pg_sys::elog::PgLogLevel::ERROR as c_int, std::ptr::null()) {
@@ -130,13 +140,16 @@ macro_rules! entry {
         #[doc(hidden)]
         #[no_mangle]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            const V1: ::pgrx::pg_sys::Pg_finfo_record =
+                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
             &V1
         }
 
         #[doc(hidden)]
         #[no_mangle]
-        pub unsafe extern "C-unwind" fn $symbol(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
+        pub unsafe extern "C-unwind" fn $symbol(
+            fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
+        ) -> ::pgrx::pg_sys::Datum {
             let outcome = unsafe {
                 ::pgrx::pg_sys::panic::pgrx_extern_c_guard(|| {
                     let trigger = ::pgrx::PgTrigger::from_fcinfo(&*fcinfo)

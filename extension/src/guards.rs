@@ -10,8 +10,11 @@ use crate::internal;
 use crate::sessions::column;
 
 fn maintained_by_tally(what: &str) -> TallyError {
-    TallyError::new(TallyCode::CounterMaintainedByTally, format!("{what} is maintained by tally and cannot be written directly"))
-        .hint("write tally.sessions and the counters follow; to fix drift, run SELECT tally.repair()")
+    TallyError::new(
+        TallyCode::CounterMaintainedByTally,
+        format!("{what} is maintained by tally and cannot be written directly"),
+    )
+    .hint("write tally.sessions and the counters follow; to fix drift, run SELECT tally.repair()")
 }
 
 /// BEFORE INSERT/UPDATE/DELETE/TRUNCATE on tally.usage, per statement.
@@ -22,7 +25,11 @@ fn usage_reject_direct_write(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Da
         Err(maintained_by_tally("tally.usage"))
     }
 }
-entry!(tally_usage_reject_direct_write, pg_finfo_tally_usage_reject_direct_write, usage_reject_direct_write);
+entry!(
+    tally_usage_reject_direct_write,
+    pg_finfo_tally_usage_reject_direct_write,
+    usage_reject_direct_write
+);
 
 /// BEFORE INSERT/UPDATE on tally.learning_plans, per row. A new plan starts at zero
 /// completed sessions whatever the INSERT says (so a restored dump is recounted from
@@ -37,8 +44,12 @@ fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::
                 .unwrap_or_else(|e| panic!("tally: cannot set completed_sessions: {e}"));
             Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
         }
-        Some(old) if column::<i32>(&old, "completed_sessions") != completed && !internal::active() => {
-            Err(maintained_by_tally("tally.learning_plans.completed_sessions"))
+        Some(old)
+            if column::<i32>(&old, "completed_sessions") != completed && !internal::active() =>
+        {
+            Err(maintained_by_tally(
+                "tally.learning_plans.completed_sessions",
+            ))
         }
         _ => Ok(pg_sys::Datum::from(if trigger.old().is_some() {
             trigger.trigger_data().tg_newtuple
@@ -47,7 +58,11 @@ fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::
         })),
     }
 }
-entry!(tally_learning_plans_guard_counter, pg_finfo_tally_learning_plans_guard_counter, learning_plans_guard_counter);
+entry!(
+    tally_learning_plans_guard_counter,
+    pg_finfo_tally_learning_plans_guard_counter,
+    learning_plans_guard_counter
+);
 
 /// BEFORE DELETE on tally.learning_plans, per row: completed sessions happened, so a
 /// plan that has them stays. Deleting the whole subscription still removes it.
@@ -73,7 +88,11 @@ fn learning_plans_keep_completed(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys:
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_trigtuple))
 }
-entry!(tally_learning_plans_keep_completed, pg_finfo_tally_learning_plans_keep_completed, learning_plans_keep_completed);
+entry!(
+    tally_learning_plans_keep_completed,
+    pg_finfo_tally_learning_plans_keep_completed,
+    learning_plans_keep_completed
+);
 
 /// BEFORE UPDATE on tally.session_kinds when counter changes.
 fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
@@ -94,4 +113,8 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }
-entry!(tally_session_kinds_check_counter, pg_finfo_tally_session_kinds_check_counter, session_kinds_check_counter);
+entry!(
+    tally_session_kinds_check_counter,
+    pg_finfo_tally_session_kinds_check_counter,
+    session_kinds_check_counter
+);

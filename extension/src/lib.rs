@@ -15,24 +15,38 @@ mod repair;
 mod sessions;
 mod settings;
 
-
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!(
     "../../sql/schema.sql",
     name = "schema",
-    requires = [period::period_is_valid, period::period_start_for, period::period_end_for]
+    requires = [
+        period::period_is_valid,
+        period::period_start_for,
+        period::period_end_for
+    ]
 );
-extension_sql_file!("../../sql/triggers.sql", name = "triggers", requires = ["schema", repair::repair]);
+extension_sql_file!(
+    "../../sql/triggers.sql",
+    name = "triggers",
+    requires = ["schema", repair::repair]
+);
 
 /// RFC 3339 text of a timestamp, in UTC, for messages.
 pub(crate) fn format_timestamp(ts: TimestampWithTimeZone) -> String {
-    period::to_datetime(ts.into_inner()).format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    period::to_datetime(ts.into_inner())
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT {
+unsafe extern "C-unwind" fn on_transaction_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT
+        || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+    {
         internal::reset();
     }
 }
@@ -47,7 +61,6 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
 mod tests;
 
 /// Required by `cargo pgrx test`.

@@ -35,7 +35,11 @@ pub struct PeriodLength {
 impl PeriodLength {
     pub fn new(months: i32, days: i32, micros: i64) -> Option<Self> {
         let valid = months >= 0 && days >= 0 && micros >= 0 && (months, days, micros) != (0, 0, 0);
-        valid.then_some(Self { months: months.into(), days: days.into(), micros })
+        valid.then_some(Self {
+            months: months.into(),
+            days: days.into(),
+            micros,
+        })
     }
 
     fn from_interval(period: &Interval) -> Self {
@@ -64,7 +68,8 @@ impl PeriodLength {
             start.checked_sub_months(Months::new(u32::try_from(-months).ok()?))?
         };
         let shifted = shifted.checked_add_signed(Duration::try_days(self.days.checked_mul(k)?)?)?;
-        let shifted = shifted.checked_add_signed(Duration::microseconds(self.micros.checked_mul(k)?))?;
+        let shifted =
+            shifted.checked_add_signed(Duration::microseconds(self.micros.checked_mul(k)?))?;
         to_micros(shifted)
     }
 
@@ -83,7 +88,11 @@ impl PeriodLength {
 }
 
 fn out_of_range(message: String) -> ! {
-    ereport!(ERROR, PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW, message);
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+        message
+    );
 }
 
 pub fn period_bounds(
@@ -94,10 +103,15 @@ pub fn period_bounds(
     let length = PeriodLength::from_interval(period);
     let (start, end) = length
         .bounds(anchor.into_inner(), at.into_inner())
-        .unwrap_or_else(|| out_of_range(format!("the billing period containing {at} is out of the timestamp range")));
+        .unwrap_or_else(|| {
+            out_of_range(format!(
+                "the billing period containing {at} is out of the timestamp range"
+            ))
+        });
     let ts = |micros: i64| {
-        TimestampWithTimeZone::try_from(micros)
-            .unwrap_or_else(|_| out_of_range("a billing period boundary is out of the timestamp range".into()))
+        TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| {
+            out_of_range("a billing period boundary is out of the timestamp range".into())
+        })
     };
     (ts(start), ts(end))
 }
@@ -134,25 +148,49 @@ mod unit_tests {
     use super::*;
 
     fn micros(y: i32, m: u32, d: u32) -> i64 {
-        to_micros(NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(0, 0, 0).unwrap()).unwrap()
+        to_micros(
+            NaiveDate::from_ymd_opt(y, m, d)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn month_end_anchor_clamps_each_period_from_the_anchor() {
         let month = PeriodLength::new(1, 0, 0).unwrap();
         let anchor = micros(2026, 1, 31);
-        assert_eq!(month.bounds(anchor, micros(2026, 2, 10)), Some((anchor, micros(2026, 2, 28))));
-        assert_eq!(month.bounds(anchor, micros(2026, 3, 1)), Some((micros(2026, 2, 28), micros(2026, 3, 31))));
-        assert_eq!(month.bounds(anchor, micros(2026, 4, 15)), Some((micros(2026, 3, 31), micros(2026, 4, 30))));
-        assert_eq!(month.bounds(anchor, micros(2028, 2, 29)), Some((micros(2028, 2, 29), micros(2028, 3, 31))));
+        assert_eq!(
+            month.bounds(anchor, micros(2026, 2, 10)),
+            Some((anchor, micros(2026, 2, 28)))
+        );
+        assert_eq!(
+            month.bounds(anchor, micros(2026, 3, 1)),
+            Some((micros(2026, 2, 28), micros(2026, 3, 31)))
+        );
+        assert_eq!(
+            month.bounds(anchor, micros(2026, 4, 15)),
+            Some((micros(2026, 3, 31), micros(2026, 4, 30)))
+        );
+        assert_eq!(
+            month.bounds(anchor, micros(2028, 2, 29)),
+            Some((micros(2028, 2, 29), micros(2028, 3, 31)))
+        );
     }
 
     #[test]
     fn times_before_the_anchor_fall_in_earlier_periods() {
         let week = PeriodLength::new(0, 7, 0).unwrap();
         let anchor = micros(2026, 1, 8);
-        assert_eq!(week.bounds(anchor, micros(2026, 1, 1)), Some((micros(2026, 1, 1), anchor)));
-        assert_eq!(week.bounds(anchor, micros(2025, 12, 31)), Some((micros(2025, 12, 25), micros(2026, 1, 1))));
+        assert_eq!(
+            week.bounds(anchor, micros(2026, 1, 1)),
+            Some((micros(2026, 1, 1), anchor))
+        );
+        assert_eq!(
+            week.bounds(anchor, micros(2025, 12, 31)),
+            Some((micros(2025, 12, 25), micros(2026, 1, 1)))
+        );
     }
 
     #[test]

@@ -46,9 +46,12 @@ fn subscriptions_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum>
     let old_user: Option<String> = column(&old, "user_id");
     let new_user: Option<String> = column(&new, "user_id");
     if old_user != new_user {
-        return Err(TallyError::new(TallyCode::ImmutableColumn, "user_id of a subscription never changes")
-            .detail(format!("user_id={}", old_user.unwrap_or_default()))
-            .hint("create a new subscription instead"));
+        return Err(TallyError::new(
+            TallyCode::ImmutableColumn,
+            "user_id of a subscription never changes",
+        )
+        .detail(format!("user_id={}", old_user.unwrap_or_default()))
+        .hint("create a new subscription instead"));
     }
     let anchor = |row: &pgrx::heap_tuple::PgHeapTuple<'_, _>| {
         column::<TimestampWithTimeZone>(row, "period_anchor").map(|t| t.into_inner())
@@ -69,7 +72,11 @@ fn subscriptions_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum>
     }
     Ok(pg_sys::Datum::null())
 }
-entry!(tally_subscriptions_rebucket, pg_finfo_tally_subscriptions_rebucket, subscriptions_rebucket);
+entry!(
+    tally_subscriptions_rebucket,
+    pg_finfo_tally_subscriptions_rebucket,
+    subscriptions_rebucket
+);
 
 /// AFTER UPDATE OF period on tally.plans, per row.
 fn plans_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
@@ -91,7 +98,11 @@ fn plans_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     }
     Ok(pg_sys::Datum::null())
 }
-entry!(tally_plans_rebucket, pg_finfo_tally_plans_rebucket, plans_rebucket);
+entry!(
+    tally_plans_rebucket,
+    pg_finfo_tally_plans_rebucket,
+    plans_rebucket
+);
 
 /// AFTER DELETE on tally.subscriptions, per statement: a deleted user's usage goes too
 /// (sessions and learning plans follow by ON DELETE CASCADE).
@@ -102,9 +113,17 @@ fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datu
         // SAFETY: inside an SPI connection, with PostgreSQL's trigger data.
         unsafe { pg_sys::SPI_register_trigger_data(data) };
         client
-            .update("DELETE FROM tally.usage WHERE user_id IN (SELECT user_id FROM tally_old)", None, &[])
+            .update(
+                "DELETE FROM tally.usage WHERE user_id IN (SELECT user_id FROM tally_old)",
+                None,
+                &[],
+            )
             .unwrap_or_else(|e| panic!("tally: cannot drop usage of deleted subscriptions: {e}"));
     });
     Ok(pg_sys::Datum::null())
 }
-entry!(tally_subscriptions_drop_usage, pg_finfo_tally_subscriptions_drop_usage, subscriptions_drop_usage);
+entry!(
+    tally_subscriptions_drop_usage,
+    pg_finfo_tally_subscriptions_drop_usage,
+    subscriptions_drop_usage
+);

@@ -87,10 +87,16 @@ pub fn verify() -> TableIterator<
     ),
 > {
     let rows = Spi::connect_mut(find_drift);
-    TableIterator::new(
-        rows.into_iter()
-            .map(|d| (d.object, d.id, d.period_start, d.counter, d.stored, d.actual)),
-    )
+    TableIterator::new(rows.into_iter().map(|d| {
+        (
+            d.object,
+            d.id,
+            d.period_start,
+            d.counter,
+            d.stored,
+            d.actual,
+        )
+    }))
 }
 
 fn one_i64(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> Option<i64> {
@@ -137,7 +143,11 @@ fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
           WHERE x.user_id = $1 AND x.status = 'completed'
             AND k.counter || '_used' = $3
             AND tally.period_start_for(s.period_anchor, p.period, x.started_at) = $2",
-        &[d.id.clone().into(), period_start.into(), d.counter.clone().into()],
+        &[
+            d.id.clone().into(),
+            period_start.into(),
+            d.counter.clone().into(),
+        ],
     )
     .unwrap_or(0);
     if stored != actual {

@@ -41,13 +41,24 @@ fn sets_completed_at(row: PgHeapTuple<'_, AllocatedByPostgres>) -> TallyResult<p
 
 /// BEFORE INSERT (only rows completed without completed_at reach it, see the WHEN clause).
 fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    sets_completed_at(trigger.new().expect("BEFORE INSERT row trigger has a new row"))
+    sets_completed_at(
+        trigger
+            .new()
+            .expect("BEFORE INSERT row trigger has a new row"),
+    )
 }
-entry!(tally_sessions_fill_completed_at, pg_finfo_tally_sessions_fill_completed_at, fill_completed_at);
+entry!(
+    tally_sessions_fill_completed_at,
+    pg_finfo_tally_sessions_fill_completed_at,
+    fill_completed_at
+);
 
 /// The status changes a session may make.
 fn transition_allowed(from: &str, to: &str) -> bool {
-    matches!((from, to), ("started", "completed") | ("started", "abandoned"))
+    matches!(
+        (from, to),
+        ("started", "completed") | ("started", "abandoned")
+    )
 }
 
 fn immutable(session: &str, message: String) -> TallyError {
@@ -57,12 +68,19 @@ fn immutable(session: &str, message: String) -> TallyError {
 /// BEFORE UPDATE: status may only move forward; user_id, kind, started_at (and the
 /// keys) never change; a completed or abandoned session may change only duration_seconds.
 fn check_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    let old = trigger.old().expect("BEFORE UPDATE row trigger has an old row");
-    let new = trigger.new().expect("BEFORE UPDATE row trigger has a new row");
-    let id = column::<pgrx::Uuid>(&old, "session_id").map(|u| u.to_string()).unwrap_or_default();
+    let old = trigger
+        .old()
+        .expect("BEFORE UPDATE row trigger has an old row");
+    let new = trigger
+        .new()
+        .expect("BEFORE UPDATE row trigger has a new row");
+    let id = column::<pgrx::Uuid>(&old, "session_id")
+        .map(|u| u.to_string())
+        .unwrap_or_default();
 
     let same_text = |name: &str| column::<String>(&old, name) == column::<String>(&new, name);
-    let same_uuid = |name: &str| column::<pgrx::Uuid>(&old, name) == column::<pgrx::Uuid>(&new, name);
+    let same_uuid =
+        |name: &str| column::<pgrx::Uuid>(&old, name) == column::<pgrx::Uuid>(&new, name);
     let same_ts = |name: &str| {
         column::<TimestampWithTimeZone>(&old, name).map(|t| t.into_inner())
             == column::<TimestampWithTimeZone>(&new, name).map(|t| t.into_inner())
@@ -99,18 +117,25 @@ fn check_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
             if !same {
                 return Err(immutable(
                     &id,
-                    format!("session is {old_status}: only duration_seconds may change, not {name}"),
+                    format!(
+                        "session is {old_status}: only duration_seconds may change, not {name}"
+                    ),
                 ));
             }
         }
     }
 
-    if new_status == "completed" && column::<TimestampWithTimeZone>(&new, "completed_at").is_none() {
+    if new_status == "completed" && column::<TimestampWithTimeZone>(&new, "completed_at").is_none()
+    {
         return sets_completed_at(new);
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }
-entry!(tally_sessions_check_update, pg_finfo_tally_sessions_check_update, check_update);
+entry!(
+    tally_sessions_check_update,
+    pg_finfo_tally_sessions_check_update,
+    check_update
+);
 
 fn reject_truncate(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     Err(TallyError::new(
@@ -119,4 +144,8 @@ fn reject_truncate(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     )
     .hint("DELETE the sessions instead; their usage is given back"))
 }
-entry!(tally_sessions_reject_truncate, pg_finfo_tally_sessions_reject_truncate, reject_truncate);
+entry!(
+    tally_sessions_reject_truncate,
+    pg_finfo_tally_sessions_reject_truncate,
+    reject_truncate
+);

@@ -50,7 +50,11 @@ unsafe extern "C-unwind" fn check_reservation_timeout(
         let parsed = unsafe {
             pgrx::direct_function_call::<Interval>(
                 pg_sys::interval_in,
-                &[Some(pg_sys::Datum::from(text.as_ptr())), Some(pg_sys::Datum::from(0u32)), Some(pg_sys::Datum::from(-1i32))],
+                &[
+                    Some(pg_sys::Datum::from(text.as_ptr())),
+                    Some(pg_sys::Datum::from(0u32)),
+                    Some(pg_sys::Datum::from(-1i32)),
+                ],
             )
         };
         parsed.is_some_and(|i| i.months() >= 0 && i.days() >= 0 && i.micros() >= 0)

@@ -1,1 +1,185 @@
+//! In-process tests: each #[pg_test] runs inside a transaction that is rolled back.
+//! SQL-visible behaviour and SQLSTATEs are covered by the pg_regress files; these
+//! check what only the library can see.
 
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use crate::internal;
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn fixtures() {
+        run("SET LOCAL timezone = 'UTC'");
+        run("INSERT INTO tally.plans VALUES ('fluency_builder', 'Fluency Builder', 30, 2, '1 month')");
+        run("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES ('kamile', 'fluency_builder', '2026-01-31 00:00+00')");
+    }
+
+    fn usage(user: &str, period_start: &str) -> (i32, i32) {
+        Spi::get_two_with_args::<i32, i32>(
+            "SELECT practice_sessions_used, assessments_used FROM tally.usage WHERE user_id = $1 AND period_start = $2::timestamptz",
+            &[user.into(), period_start.into()],
+        )
+        .map(|(p, a)| (p.unwrap_or(0), a.unwrap_or(0)))
+        .unwrap_or((0, 0))
+    }
+
+    /// The SQLSTATE `sql` fails with, or None. Runs it in a PL/pgSQL exception block: a
+    /// real subtransaction, so the failed statement is rolled back as a client would see.
+    fn error_code(sql: &str) -> Option<String> {
+        run("CREATE OR REPLACE FUNCTION pg_temp.error_code(sql text) RETURNS text LANGUAGE plpgsql AS $f$
+             BEGIN EXECUTE sql; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$");
+        Spi::get_one_with_args::<String>("SELECT pg_temp.error_code($1)", &[sql.into()]).unwrap()
+    }
+
+    #[pg_test]
+    fn motivating_case_counts_learning_plan_sessions() {
+        fixtures();
+        run("INSERT INTO tally.learning_plans (learning_plan_id, user_id) VALUES ('6f1c2a9e-0000-4000-8000-000000000001', 'kamile')");
+        run("INSERT INTO tally.sessions (user_id, kind, learning_plan_id, started_at)
+             SELECT 'kamile', 'learning_plan', '6f1c2a9e-0000-4000-8000-000000000001', '2026-03-05 10:00+00' FROM generate_series(1, 3)");
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'assessment', '2026-03-06 10:00+00')");
+        // Jan 31 anchor: the March period starts on Feb 28.
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (3, 1));
+        let completed =
+            Spi::get_one::<i32>("SELECT completed_sessions FROM tally.learning_plans").unwrap();
+        assert_eq!(completed, Some(3));
+    }
+
+    #[pg_test]
+    fn sql_period_functions_agree_with_calendar_arithmetic() {
+        run("SET LOCAL timezone = 'Europe/Vilnius'");
+        let starts = Spi::get_one::<String>(
+            "SELECT string_agg(to_char(tally.period_start_for('2026-01-31 00:00+00', '1 month', t) AT TIME ZONE 'UTC', 'MM-DD'), ' ' ORDER BY t)
+               FROM unnest(ARRAY['2026-02-01', '2026-03-01', '2026-04-01', '2026-05-01']::timestamptz[]) t",
+        )
+        .unwrap();
+        assert_eq!(starts.as_deref(), Some("01-31 02-28 03-31 04-30"));
+    }
+
+    #[pg_test]
+    fn internal_write_mark_is_cleared_when_a_counting_statement_fails() {
+        fixtures();
+        run("UPDATE tally.plans SET assessments_limit = 0");
+        // The quota error is raised after the counting trigger wrote the usage row.
+        let code = error_code("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'assessment', '2026-03-06 10:00+00')");
+        assert_eq!(code.as_deref(), Some("TL001"));
+        assert!(
+            !internal::active(),
+            "the mark must not survive an aborted counting statement"
+        );
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (0, 0));
+    }
+
+    #[pg_test]
+    fn internal_write_mark_is_cleared_when_an_error_unwinds_through_tally() {
+        fixtures();
+        // A user trigger on tally.usage makes tally's own counter write fail inside SPI.
+        run(
+            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'P0001'; END $f$",
+        );
+        run("CREATE TRIGGER zz_refuse BEFORE INSERT ON tally.usage FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()");
+        let code = error_code("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-06 10:00+00')");
+        assert_eq!(code.as_deref(), Some("P0001"));
+        assert!(
+            !internal::active(),
+            "the mark must be dropped while the error unwinds"
+        );
+        run("DROP TRIGGER zz_refuse ON tally.usage");
+        assert_eq!(
+            error_code("DELETE FROM tally.usage").as_deref(),
+            Some("TL004")
+        );
+    }
+
+    #[pg_test]
+    fn direct_usage_writes_fail_even_after_tally_wrote() {
+        fixtures();
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-06 10:00+00')");
+        assert!(!internal::active());
+        assert_eq!(
+            error_code("UPDATE tally.usage SET practice_sessions_used = 100").as_deref(),
+            Some("TL004")
+        );
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (1, 0));
+    }
+
+    #[pg_test]
+    fn verify_reports_drift_counter_by_counter_and_repair_fixes_it() {
+        fixtures();
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-06 10:00+00')");
+        run("SET LOCAL session_replication_role = replica");
+        run(
+            "INSERT INTO tally.sessions (user_id, kind, started_at, completed_at)
+             VALUES ('kamile', 'practice', '2026-03-07 10:00+00', '2026-03-07 10:30+00'),
+                    ('kamile', 'assessment', '2026-03-07 11:00+00', '2026-03-07 11:30+00')",
+        );
+        run("SET LOCAL session_replication_role = origin");
+        let drift = Spi::get_one::<String>(
+            "SELECT string_agg(format('%s %s %s->%s', object, counter, stored, actual), '; ' ORDER BY counter) FROM tally.verify()",
+        )
+        .unwrap();
+        assert_eq!(
+            drift.as_deref(),
+            Some("usage assessments_used 0->1; usage practice_sessions_used 1->2")
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT tally.repair()").unwrap(),
+            Some(2)
+        );
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (2, 1));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.adjustments").unwrap(),
+            Some(2)
+        );
+    }
+
+    #[pg_test]
+    fn statement_counts_many_users_and_periods_at_once() {
+        fixtures();
+        run("INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '7 days')");
+        run(
+            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
+             SELECT 'user' || i, 'open', '2026-01-05 00:00+00' FROM generate_series(1, 50) i",
+        );
+        run("INSERT INTO tally.sessions (user_id, kind, started_at)
+             SELECT 'user' || (1 + i % 50), CASE WHEN i % 4 = 0 THEN 'assessment' ELSE 'practice' END,
+                    '2026-01-05 00:00+00'::timestamptz + (i % 21) * interval '1 day'
+               FROM generate_series(1, 2000) i");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.usage WHERE user_id LIKE 'user%'")
+                .unwrap(),
+            Some(150)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT sum(practice_sessions_used + assessments_used) FROM tally.usage"
+            )
+            .unwrap(),
+            Some(2000)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0)
+        );
+        run("DELETE FROM tally.sessions WHERE kind = 'assessment'");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT sum(assessments_used) FROM tally.usage").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0)
+        );
+    }
+}
