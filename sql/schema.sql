@@ -113,12 +113,12 @@ SELECT s.user_id,
        p.practice_sessions_limit,
        -- greatest() skips NULLs, so an unlimited plan needs its own branch
        CASE WHEN p.practice_sessions_limit IS NOT NULL
-            THEN greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - r.practice_in_progress, 0)
+            THEN greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - r.practice_in_progress, 0)::integer
        END AS practice_sessions_remaining,
        coalesce(u.assessments_used, 0) AS assessments_used,
        p.assessments_limit,
        CASE WHEN p.assessments_limit IS NOT NULL
-            THEN greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - r.assessments_in_progress, 0)
+            THEN greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - r.assessments_in_progress, 0)::integer
        END AS assessments_remaining
 FROM tally.subscriptions s
 JOIN tally.plans p ON p.plan_id = s.plan_id

@@ -276,16 +276,17 @@ fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
             crate::format_timestamp(check.period_end)
         ),
     )
+    // key=value pairs for clients to parse; user_id last because it may contain spaces
     .detail(format!(
-        "user_id={} counter={} used={} in_progress={} limit={} adding={} period_start={} period_end={}",
-        check.user_id,
+        "counter={} used={} in_progress={} limit={} adding={} period_start={} period_end={} user_id={}",
         check.counter,
         used_before,
         in_progress_before,
         check.limit,
         check.added,
         crate::format_timestamp(check.period_start),
-        crate::format_timestamp(check.period_end)
+        crate::format_timestamp(check.period_end),
+        check.user_id
     ))
     .hint(
         "Wait for the next billing period or move the subscription to a plan with a higher limit. \

@@ -1,0 +1,220 @@
+//! The API's one error type: every failure becomes `{"error": {"code", "message", ...}}`
+//! with a stable code. Database errors are mapped by SQLSTATE (the table in the
+//! README); anything unexpected is logged and reported as `internal` with no detail.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request: bad JSON, unknown field, wrong type (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed but refused by the rules: unknown kind, negative duration... (422).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A session id reused with other content.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidTransition(String),
+    #[error("{}", .0.message)]
+    QuotaExceeded(Box<Quota>),
+    #[error("request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct Quota {
+    #[serde(skip)]
+    pub message: String,
+    pub counter: String,
+    pub used: i64,
+    pub limit: i64,
+    pub in_progress: i64,
+    pub period_end: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
+    /// conflict, invalid_transition, quota_exceeded, payload_too_large, unavailable, internal.
+    pub code: &'static str,
+    pub message: String,
+    /// With quota_exceeded: the counter, its use, limit, reservations and period end.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub quota: Option<Quota>,
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) | ApiError::InvalidTransition(_) => StatusCode::CONFLICT,
+            ApiError::QuotaExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Unprocessable(_) => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::InvalidTransition(_) => "invalid_transition",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// True for failures worth retrying the whole transaction for.
+    pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
+        matches!(error.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let status = self.status_code();
+        let quota = match &self {
+            ApiError::QuotaExceeded(q) => Some((**q).clone()),
+            _ => None,
+        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), quota } };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The JSON envelope for a status produced outside the handlers (405, timeouts).
+pub fn envelope_for(status: StatusCode) -> Response {
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body is larger than 64 KiB"),
+        StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        s if s.is_server_error() => ("unavailable", "the service cannot answer right now"),
+        _ => ("invalid_request", "the request was refused"),
+    };
+    let body = ErrorBody { error: ErrorDetail { code, message: message.into(), quota: None } };
+    (status, Json(body)).into_response()
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!(%error, "database pool");
+        ApiError::Unavailable("the database is not reachable".into())
+    }
+}
+
+/// Messages for the constraints a client can violate, by constraint name.
+fn constraint_message(constraint: &str) -> Option<&'static str> {
+    Some(match constraint {
+        "sessions_kind_fkey" => "unknown session kind: map it in tally.session_kinds first",
+        "sessions_user_id_fkey" => "the user has no subscription",
+        "sessions_learning_plan_same_user" => "the learning plan does not exist or belongs to another user",
+        "sessions_started_at_not_in_future" => "started_at is more than 5 minutes in the future",
+        "sessions_started_at_finite" => "started_at must be a finite timestamp",
+        "sessions_duration_not_negative" => "duration_seconds must not be negative",
+        "sessions_completed_at_not_before_start" => "completed_at is before started_at",
+        "sessions_started_has_no_completed_at" => "a started session has no completed_at",
+        "sessions_completed_has_completed_at" => "a completed session needs completed_at",
+        "sessions_status_known" => "status must be started, completed or abandoned",
+        _ => return None,
+    })
+}
+
+/// Parses tally's quota DETAIL: `key=value` pairs, user_id last.
+fn parse_quota(message: String, detail: &str) -> Quota {
+    let mut quota = Quota { message, counter: String::new(), used: 0, limit: 0, in_progress: 0, period_end: String::new() };
+    for pair in detail.split(' ') {
+        match pair.split_once('=') {
+            Some(("user_id", _)) => break,
+            Some(("counter", v)) => quota.counter = v.to_string(),
+            Some(("used", v)) => quota.used = v.parse().unwrap_or_default(),
+            Some(("limit", v)) => quota.limit = v.parse().unwrap_or_default(),
+            Some(("in_progress", v)) => quota.in_progress = v.parse().unwrap_or_default(),
+            Some(("period_end", v)) => quota.period_end = v.to_string(),
+            _ => {}
+        }
+    }
+    quota
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let Some(db) = error.as_db_error() else {
+            if error.is_closed() {
+                return ApiError::Unavailable("the database connection was lost".into());
+            }
+            return ApiError::Internal(error.to_string());
+        };
+        let code = db.code().code();
+        let constraint = db.constraint().unwrap_or_default();
+        match code {
+            "TL001" => ApiError::QuotaExceeded(Box::new(parse_quota(db.message().to_string(), db.detail().unwrap_or("")))),
+            "TL002" | "TL003" => ApiError::InvalidTransition(db.message().to_string()),
+            c if c.starts_with("TL") => ApiError::Conflict(db.message().to_string()),
+            "23505" => ApiError::Conflict("a session with this session_id already exists".into()),
+            c if c.starts_with("23") => ApiError::Unprocessable(
+                constraint_message(constraint).map(str::to_string).unwrap_or_else(|| format!("the request breaks rule {constraint}")),
+            ),
+            // data exceptions (bad text, out of range) and program limits (oversized keys)
+            c if c.starts_with("22") || c.starts_with("54") => {
+                ApiError::Unprocessable("a value in the request is out of range or not valid text".into())
+            }
+            c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
+                ApiError::Unavailable("the database is not available".into())
+            }
+            _ => ApiError::Internal(format!("{code}: {}", db.message())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_detail_parses_even_with_spaces_in_the_user_id() {
+        let q = parse_quota(
+            "quota exceeded".into(),
+            "counter=assessments used=2 in_progress=1 limit=2 adding=1 period_start=2026-03-01T00:00:00Z period_end=2026-04-01T00:00:00Z user_id=a b used=99",
+        );
+        assert_eq!((q.counter.as_str(), q.used, q.limit, q.in_progress), ("assessments", 2, 2, 1));
+        assert_eq!(q.period_end, "2026-04-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,173 @@
+//! /v1/sessions: record a session (idempotent on session_id), read it, finish it.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::db;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::model::{NewSession, Session, SessionUpdate, SessionWithUsage};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{session_id}", get(get_session).patch(finish_session))
+}
+
+/// How many times a transaction is retried after a serialization failure or deadlock.
+const RETRIES: usize = 3;
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no session {raw:?}")))
+}
+
+/// Record a session
+///
+/// Counting happens in the database, in the same transaction. Sending the same
+/// `session_id` with the same content again returns 200 and counts once; the same
+/// `session_id` with other content is a 409.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    request_body = NewSession,
+    responses(
+        (status = 201, description = "Recorded and counted", body = SessionWithUsage,
+         headers(("location" = String, description = "/v1/sessions/{session_id}"))),
+        (status = 200, description = "The same session was already recorded; counted once", body = SessionWithUsage),
+        (status = 400, description = "Malformed JSON or unknown field", body = ErrorBody),
+        (status = 401, description = "Missing, bad or expired token", body = ErrorBody),
+        (status = 402, description = "Plan limit reached (quota_exceeded)", body = ErrorBody),
+        (status = 403, description = "The token may not act for this user", body = ErrorBody),
+        (status = 409, description = "session_id reused with other content", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Refused by the rules: unknown kind, negative duration, future start, learning plan of another user", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<NewSession>,
+) -> Result<Response, ApiError> {
+    let user_id = request.user_id.clone().unwrap_or_else(|| caller.0.sub.clone());
+    caller.may_act_for(&user_id)?;
+    let mut client = state.pool.get().await?;
+    let mut attempt = 0;
+    let (created, body) = loop {
+        attempt += 1;
+        let tx = client.transaction().await?;
+        let inserted = match db::insert_session(&tx, &request, &user_id).await {
+            Ok(inserted) => inserted,
+            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let (created, session) = match inserted {
+            Some(session) => (true, session),
+            None => {
+                let id = request.session_id.expect("a conflict needs an explicit session_id");
+                let existing = db::find_session(&tx, id).await?.ok_or_else(|| {
+                    ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
+                })?;
+                if !existing.matches(&request, &user_id) {
+                    return Err(ApiError::Conflict(format!(
+                        "session {id} already exists with other content"
+                    )));
+                }
+                (false, existing)
+            }
+        };
+        let usage = db::usage(&tx, &user_id).await?;
+        match tx.commit().await {
+            Ok(()) => break (created, SessionWithUsage { session, usage }),
+            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if created {
+        let location = format!("/v1/sessions/{}", body.session.session_id);
+        Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+    } else {
+        Ok((StatusCode::OK, Json(body)).into_response())
+    }
+}
+
+/// Read a session
+#[utoipa::path(
+    get, path = "/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id (UUID)")),
+    responses(
+        (status = 200, body = Session),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw_id): Path<String>,
+) -> Result<Json<Session>, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let client = state.pool.get().await?;
+    let session = db::find_session(&client, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+    caller.may_act_for(&session.user_id)?;
+    Ok(Json(session))
+}
+
+/// Complete or abandon a session
+///
+/// Allowed changes are started → completed and started → abandoned; repeating a
+/// change that is already applied returns 200.
+#[utoipa::path(
+    patch, path = "/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id (UUID)")),
+    request_body = SessionUpdate,
+    responses(
+        (status = 200, body = SessionWithUsage),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not an allowed status change (invalid_transition)", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn finish_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw_id): Path<String>,
+    ApiJson(update): ApiJson<SessionUpdate>,
+) -> Result<Json<SessionWithUsage>, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let mut client = state.pool.get().await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tx = client.transaction().await?;
+        let owner = db::find_session(&tx, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+        caller.may_act_for(&owner.user_id)?;
+        let session = match db::finish_session(&tx, id, &update).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Err(ApiError::NotFound(format!("no session {id}"))),
+            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let usage = db::usage(&tx, &session.user_id).await?;
+        match tx.commit().await {
+            Ok(()) => return Ok(Json(SessionWithUsage { session, usage })),
+            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
