@@ -90,13 +90,17 @@ isolation: test-cluster
 	    --inputdir=extension/tests/isolation --outputdir=target/isolation --dbname=tally_isolation \
 	    $$(sed -n 's/^test: //p' extension/tests/isolation/schedule) || { cat target/isolation/regression.diffs; exit 1; }
 
+# The API's own tests: routing, auth and error mapping, no database needed.
+api-test:
+	cargo test -p tally-api
+
 # End-to-end tests across SQL and HTTP against the test cluster.
 e2e: test-cluster
 	$(call fresh_db,$(TEST_DB))
 	TALLY_TEST_DATABASE_URL=$(TEST_URL)/$(TEST_DB) TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres \
-	    cargo test -p tally-e2e -- --test-threads=1
+	    cargo test -p tally-e2e --no-fail-fast -- --test-threads=1
 
-test: setup lint unit-test install
+test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
 	$(MAKE) --no-print-directory regress isolation e2e
