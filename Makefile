@@ -100,16 +100,21 @@ e2e: test-cluster
 	TALLY_TEST_DATABASE_URL=$(TEST_URL)/$(TEST_DB) TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres \
 	    cargo test -p tally-e2e --no-fail-fast -- --test-threads=1
 
+# Generated requests against /openapi.json: no server errors, no schema violations.
+schemathesis: test-cluster
+	$(call fresh_db,tally_schemathesis)
+	tests/schemathesis.sh $(TEST_URL)/tally_schemathesis
+
 test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation e2e
+	$(MAKE) --no-print-directory regress isolation e2e schemathesis
 
 run: install-release
-	tests/run.sh
+	tests/demo.sh
 
 bench: install-release
-	tests/bench.sh
+	python3 tests/bench/bench.py
 
 clean:
 	tests/cluster.sh stop $(TEST_CLUSTER)

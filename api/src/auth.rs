@@ -34,13 +34,21 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(secret: &[u8]) -> Self {
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) }
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
     }
 
     pub fn mint(&self, sub: &str, role: Role, ttl_seconds: u64) -> String {
         let exp = jsonwebtoken::get_current_timestamp() + ttl_seconds;
-        let claims = Claims { sub: sub.to_string(), role, exp };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 signing cannot fail")
+        let claims = Claims {
+            sub: sub.to_string(),
+            role,
+            exp,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
     }
 
     fn verify(&self, token: &str) -> Result<Claims, ApiError> {
@@ -67,7 +75,9 @@ impl Caller {
         if self.0.role == Role::Service || self.0.sub == user_id {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("this token may not act for another user".into()))
+            Err(ApiError::Forbidden(
+                "this token may not act for another user".into(),
+            ))
         }
     }
 }
@@ -75,16 +85,20 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization: Bearer <token>".into())
+        })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be `Bearer <token>`".into())
+            })?;
         state.keys.verify(token.trim()).map(Caller)
     }
 }

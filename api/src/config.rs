@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tally-api", version, about = "HTTP API for tally: writes sessions, reads usage counters")]
+#[command(
+    name = "tally-api",
+    version,
+    about = "HTTP API for tally: writes sessions, reads usage counters"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,7 +20,10 @@ impl Cli {
     pub fn parse_with_default() -> Self {
         let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
         let named = args.get(1).and_then(|a| a.to_str()).is_some_and(|a| {
-            matches!(a, "serve" | "token" | "help" | "-h" | "--help" | "-V" | "--version")
+            matches!(
+                a,
+                "serve" | "token" | "help" | "-h" | "--help" | "-V" | "--version"
+            )
         });
         if !named {
             args.insert(1, "serve".into());

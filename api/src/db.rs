@@ -5,7 +5,9 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::model::{Counter, LearningPlanProgress, NewSession, Session, SessionUpdate, Usage, SESSION_COLUMNS};
+use crate::model::{
+    Counter, LearningPlanProgress, NewSession, Session, SessionUpdate, Usage, SESSION_COLUMNS,
+};
 
 /// Inserts the session unless its id exists; None when it did.
 pub async fn insert_session(
@@ -20,7 +22,10 @@ pub async fn insert_session(
          RETURNING {SESSION_COLUMNS}"
     );
     let statement = client.prepare_cached(&sql).await?;
-    let status = request.status.unwrap_or(crate::model::NewStatus::Completed).as_str();
+    let status = request
+        .status
+        .unwrap_or(crate::model::NewStatus::Completed)
+        .as_str();
     let row = client
         .query_opt(
             &statement,
@@ -39,11 +44,20 @@ pub async fn insert_session(
     Ok(row.as_ref().map(Session::from))
 }
 
-pub async fn find_session(client: &impl GenericClient, id: Uuid) -> Result<Option<Session>, tokio_postgres::Error> {
+pub async fn find_session(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<Session>, tokio_postgres::Error> {
     let statement = client
-        .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM tally.sessions WHERE session_id = $1"))
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM tally.sessions WHERE session_id = $1"
+        ))
         .await?;
-    Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(Session::from))
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .as_ref()
+        .map(Session::from))
 }
 
 pub async fn finish_session(
@@ -62,7 +76,15 @@ pub async fn finish_session(
         ))
         .await?;
     let row = client
-        .query_opt(&statement, &[&id, &update.status.as_str(), &update.completed_at, &update.duration_seconds])
+        .query_opt(
+            &statement,
+            &[
+                &id,
+                &update.status.as_str(),
+                &update.completed_at,
+                &update.duration_seconds,
+            ],
+        )
         .await?;
     Ok(row.as_ref().map(Session::from))
 }
@@ -102,8 +124,16 @@ pub async fn usage(client: &impl GenericClient, user_id: &str) -> Result<Usage, 
         plan_id: row.get(1),
         period_start: row.get(2),
         period_end: row.get(3),
-        practice_sessions: Counter { used: row.get(4), limit: row.get(5), remaining: row.get(6) },
-        assessments: Counter { used: row.get(7), limit: row.get(8), remaining: row.get(9) },
+        practice_sessions: Counter {
+            used: row.get(4),
+            limit: row.get(5),
+            remaining: row.get(6),
+        },
+        assessments: Counter {
+            used: row.get(7),
+            limit: row.get(8),
+            remaining: row.get(9),
+        },
         learning_plans,
     })
 }
@@ -111,7 +141,10 @@ pub async fn usage(client: &impl GenericClient, user_id: &str) -> Result<Usage, 
 /// True when the database answers and has the extension.
 pub async fn ready(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally')", &[])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally')",
+            &[],
+        )
         .await?;
     Ok(row.get(0))
 }

@@ -38,9 +38,9 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+/// What a quota rejection reports, parsed from tally's error detail.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Quota {
-    #[serde(skip)]
     pub message: String,
     pub counter: String,
     pub used: i64,
@@ -55,16 +55,27 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
     /// conflict, invalid_transition, quota_exceeded, payload_too_large, unavailable, internal.
     pub code: &'static str,
     pub message: String,
-    /// With quota_exceeded: the counter, its use, limit, reservations and period end.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    #[schema(inline)]
-    pub quota: Option<Quota>,
+    /// quota_exceeded only: practice_sessions or assessments
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counter: Option<String>,
+    /// quota_exceeded only: completed sessions in the period before this request
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<i64>,
+    /// quota_exceeded only: the plan limit
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// quota_exceeded only: started sessions holding a reservation
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<i64>,
+    /// quota_exceeded only: when the period ends and the allowance renews (RFC 3339)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<String>,
 }
 
 impl ApiError {
@@ -109,27 +120,43 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let status = self.status_code();
-        let quota = match &self {
-            ApiError::QuotaExceeded(q) => Some((**q).clone()),
-            _ => None,
+        let mut detail = ErrorDetail {
+            code: self.code(),
+            message: self.to_string(),
+            ..Default::default()
         };
-        let body = ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), quota } };
-        (status, Json(body)).into_response()
+        if let ApiError::QuotaExceeded(q) = &self {
+            detail.counter = Some(q.counter.clone());
+            detail.used = Some(q.used);
+            detail.limit = Some(q.limit);
+            detail.in_progress = Some(q.in_progress);
+            detail.period_end = Some(q.period_end.clone());
+        }
+        (self.status_code(), Json(ErrorBody { error: detail })).into_response()
     }
 }
 
 /// The JSON envelope for a status produced outside the handlers (405, timeouts).
 pub fn envelope_for(status: StatusCode) -> Response {
     let (code, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this route")
+        }
         StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body is larger than 64 KiB"),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("payload_too_large", "request body is larger than 64 KiB")
+        }
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
         s if s.is_server_error() => ("unavailable", "the service cannot answer right now"),
         _ => ("invalid_request", "the request was refused"),
     };
-    let body = ErrorBody { error: ErrorDetail { code, message: message.into(), quota: None } };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message: message.into(),
+            ..Default::default()
+        },
+    };
     (status, Json(body)).into_response()
 }
 
@@ -145,7 +172,9 @@ fn constraint_message(constraint: &str) -> Option<&'static str> {
     Some(match constraint {
         "sessions_kind_fkey" => "unknown session kind: map it in tally.session_kinds first",
         "sessions_user_id_fkey" => "the user has no subscription",
-        "sessions_learning_plan_same_user" => "the learning plan does not exist or belongs to another user",
+        "sessions_learning_plan_same_user" => {
+            "the learning plan does not exist or belongs to another user"
+        }
         "sessions_started_at_not_in_future" => "started_at is more than 5 minutes in the future",
         "sessions_started_at_finite" => "started_at must be a finite timestamp",
         "sessions_duration_not_negative" => "duration_seconds must not be negative",
@@ -159,7 +188,14 @@ fn constraint_message(constraint: &str) -> Option<&'static str> {
 
 /// Parses tally's quota DETAIL: `key=value` pairs, user_id last.
 fn parse_quota(message: String, detail: &str) -> Quota {
-    let mut quota = Quota { message, counter: String::new(), used: 0, limit: 0, in_progress: 0, period_end: String::new() };
+    let mut quota = Quota {
+        message,
+        counter: String::new(),
+        used: 0,
+        limit: 0,
+        in_progress: 0,
+        period_end: String::new(),
+    };
     for pair in detail.split(' ') {
         match pair.split_once('=') {
             Some(("user_id", _)) => break,
@@ -185,17 +221,22 @@ impl From<tokio_postgres::Error> for ApiError {
         let code = db.code().code();
         let constraint = db.constraint().unwrap_or_default();
         match code {
-            "TL001" => ApiError::QuotaExceeded(Box::new(parse_quota(db.message().to_string(), db.detail().unwrap_or("")))),
+            "TL001" => ApiError::QuotaExceeded(Box::new(parse_quota(
+                db.message().to_string(),
+                db.detail().unwrap_or(""),
+            ))),
             "TL002" | "TL003" => ApiError::InvalidTransition(db.message().to_string()),
             c if c.starts_with("TL") => ApiError::Conflict(db.message().to_string()),
             "23505" => ApiError::Conflict("a session with this session_id already exists".into()),
             c if c.starts_with("23") => ApiError::Unprocessable(
-                constraint_message(constraint).map(str::to_string).unwrap_or_else(|| format!("the request breaks rule {constraint}")),
+                constraint_message(constraint)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("the request breaks rule {constraint}")),
             ),
             // data exceptions (bad text, out of range) and program limits (oversized keys)
-            c if c.starts_with("22") || c.starts_with("54") => {
-                ApiError::Unprocessable("a value in the request is out of range or not valid text".into())
-            }
+            c if c.starts_with("22") || c.starts_with("54") => ApiError::Unprocessable(
+                "a value in the request is out of range or not valid text".into(),
+            ),
             c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
                 ApiError::Unavailable("the database is not available".into())
             }
@@ -214,7 +255,10 @@ mod tests {
             "quota exceeded".into(),
             "counter=assessments used=2 in_progress=1 limit=2 adding=1 period_start=2026-03-01T00:00:00Z period_end=2026-04-01T00:00:00Z user_id=a b used=99",
         );
-        assert_eq!((q.counter.as_str(), q.used, q.limit, q.in_progress), ("assessments", 2, 2, 1));
+        assert_eq!(
+            (q.counter.as_str(), q.used, q.limit, q.in_progress),
+            ("assessments", 2, 2, 1)
+        );
         assert_eq!(q.period_end, "2026-04-01T00:00:00Z");
     }
 }

@@ -20,9 +20,9 @@ where
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                    ApiError::BadRequest("expected a JSON body with Content-Type: application/json".into())
-                }
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::BadRequest(
+                    "expected a JSON body with Content-Type: application/json".into(),
+                ),
                 _ => ApiError::BadRequest(rejection.body_text()),
             }),
         }

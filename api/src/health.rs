@@ -45,12 +45,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
         let client = state.pool.get().await?;
         match db::ready(&client).await? {
             true => Ok(Json(Status { status: "ready" })),
-            false => Err(ApiError::Unavailable("the tally extension is not installed in this database".into())),
+            false => Err(ApiError::Unavailable(
+                "the tally extension is not installed in this database".into(),
+            )),
         }
     };
     tokio::time::timeout(Duration::from_secs(2), check)
         .await
-        .unwrap_or_else(|_| Err(ApiError::Unavailable("the database did not answer in time".into())))
+        .unwrap_or_else(|_| {
+            Err(ApiError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        })
 }
 
 /// Prometheus metrics in text format
@@ -61,7 +67,11 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("tally_db_pool_available").set(pool.available as f64);
     metrics::gauge!("tally_db_pool_waiting").set(pool.waiting as f64);
     metrics::gauge!("tally_db_pool_max_size").set(pool.max_size as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus().render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response()
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -71,7 +81,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("tally_http_request_duration_seconds".into()),
-                &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ],
             )
             .expect("bucket list is not empty")
             .build_recorder();
@@ -92,9 +104,14 @@ pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let start = Instant::now();
     let response = next.run(request).await;
-    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
     metrics::counter!("tally_http_requests_total", &labels).increment(1);
-    metrics::histogram!("tally_http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+    metrics::histogram!("tally_http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
     response
 }
 

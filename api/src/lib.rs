@@ -46,11 +46,14 @@ pub struct AppConfig {
 /// A connection pool for `database_url`. Connections are made lazily, so the API
 /// starts (and reports 503 on /readyz) while the database is down.
 pub fn pool(database_url: &str, max_size: u32) -> Result<Pool, String> {
-    let config = tokio_postgres::Config::from_str(database_url).map_err(|e| format!("DATABASE_URL is not valid: {e}"))?;
+    let config = tokio_postgres::Config::from_str(database_url)
+        .map_err(|e| format!("DATABASE_URL is not valid: {e}"))?;
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(manager)
         .max_size(max_size as usize)
@@ -62,7 +65,10 @@ pub fn pool(database_url: &str, max_size: u32) -> Result<Pool, String> {
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
     (!origins.is_empty()).then(|| {
         CorsLayer::new()
             .allow_origin(origins)
@@ -85,7 +91,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(health::track))
         .fallback(health::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(TimeoutLayer::with_status_code(health::TIMEOUT_STATUS, state.config.request_timeout));
+        .layer(TimeoutLayer::with_status_code(
+            health::TIMEOUT_STATUS,
+            state.config.request_timeout,
+        ));
     if let Some(cors) = cors(&state.config.cors_origins) {
         router = router.layer(cors);
     }

@@ -11,7 +11,10 @@ async fn main() {
                 RoleArg::User => Role::User,
                 RoleArg::Service => Role::Service,
             };
-            println!("{}", Keys::new(&args.secret.jwt_secret.0).mint(&args.sub, role, args.ttl_seconds));
+            println!(
+                "{}",
+                Keys::new(&args.secret.jwt_secret.0).mint(&args.sub, role, args.ttl_seconds)
+            );
         }
         Command::Serve(args) => serve(args).await,
     }
@@ -19,7 +22,10 @@ async fn main() {
 
 async fn serve(args: ServeArgs) {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
+        )
         .init();
     let pool = pool(&args.database_url, args.pool_size).unwrap_or_else(|e| fail(&e));
     let state = AppState {
@@ -49,7 +55,9 @@ fn fail(message: &str) -> ! {
 /// Resolves on SIGINT or SIGTERM; in-flight requests then finish before exit.
 async fn shutdown_signal() {
     let interrupt = async {
-        tokio::signal::ctrl_c().await.expect("install the SIGINT handler");
+        tokio::signal::ctrl_c()
+            .await
+            .expect("install the SIGINT handler");
     };
     let terminate = async {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

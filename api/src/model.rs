@@ -114,8 +114,12 @@ impl Session {
             && self.learning_plan_id == request.learning_plan_id
             && status_matches
             && request.started_at.is_none_or(|t| t == self.started_at)
-            && request.completed_at.is_none_or(|t| Some(t) == self.completed_at)
-            && request.duration_seconds.is_none_or(|d| Some(d) == self.duration_seconds)
+            && request
+                .completed_at
+                .is_none_or(|t| Some(t) == self.completed_at)
+            && request
+                .duration_seconds
+                .is_none_or(|d| Some(d) == self.duration_seconds)
     }
 }
 

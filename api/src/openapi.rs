@@ -20,7 +20,7 @@ use crate::AppState;
         crate::health::render_metrics,
         openapi_json,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::Quota)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -32,7 +32,12 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }

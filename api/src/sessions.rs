@@ -17,7 +17,10 @@ use crate::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/sessions", post(create_session))
-        .route("/v1/sessions/{session_id}", get(get_session).patch(finish_session))
+        .route(
+            "/v1/sessions/{session_id}",
+            get(get_session).patch(finish_session),
+        )
 }
 
 /// How many times a transaction is retried after a serialization failure or deadlock.
@@ -55,7 +58,10 @@ pub async fn create_session(
     caller: Caller,
     ApiJson(request): ApiJson<NewSession>,
 ) -> Result<Response, ApiError> {
-    let user_id = request.user_id.clone().unwrap_or_else(|| caller.0.sub.clone());
+    let user_id = request
+        .user_id
+        .clone()
+        .unwrap_or_else(|| caller.0.sub.clone());
     caller.may_act_for(&user_id)?;
     let mut client = state.pool.get().await?;
     let mut attempt = 0;
@@ -70,9 +76,13 @@ pub async fn create_session(
         let (created, session) = match inserted {
             Some(session) => (true, session),
             None => {
-                let id = request.session_id.expect("a conflict needs an explicit session_id");
+                let id = request
+                    .session_id
+                    .expect("a conflict needs an explicit session_id");
                 let existing = db::find_session(&tx, id).await?.ok_or_else(|| {
-                    ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
+                    ApiError::Conflict(
+                        "the session_id was taken and released meanwhile; retry".into(),
+                    )
                 })?;
                 if !existing.matches(&request, &user_id) {
                     return Err(ApiError::Conflict(format!(
@@ -91,7 +101,12 @@ pub async fn create_session(
     };
     if created {
         let location = format!("/v1/sessions/{}", body.session.session_id);
-        Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+        Ok((
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(body),
+        )
+            .into_response())
     } else {
         Ok((StatusCode::OK, Json(body)).into_response())
     }
@@ -117,7 +132,9 @@ pub async fn get_session(
 ) -> Result<Json<Session>, ApiError> {
     let id = parse_id(&raw_id)?;
     let client = state.pool.get().await?;
-    let session = db::find_session(&client, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+    let session = db::find_session(&client, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
     caller.may_act_for(&session.user_id)?;
     Ok(Json(session))
 }
@@ -155,7 +172,9 @@ pub async fn finish_session(
     loop {
         attempt += 1;
         let tx = client.transaction().await?;
-        let owner = db::find_session(&tx, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+        let owner = db::find_session(&tx, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
         caller.may_act_for(&owner.user_id)?;
         let session = match db::finish_session(&tx, id, &update).await {
             Ok(Some(session)) => session,

@@ -17,7 +17,10 @@ fn test_app(cors_origins: Vec<String>) -> Router {
     app(AppState {
         pool: pool("postgres://postgres@127.0.0.1:1/none", 2).unwrap(),
         keys: Keys::new(SECRET),
-        config: AppConfig { request_timeout: Duration::from_secs(5), cors_origins },
+        config: AppConfig {
+            request_timeout: Duration::from_secs(5),
+            cors_origins,
+        },
     })
 }
 
@@ -26,7 +29,11 @@ async fn call(app: Router, request: Request<Body>) -> (StatusCode, axum::http::H
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn token(sub: &str, role: Role) -> String {
@@ -39,19 +46,27 @@ fn code(body: &Value) -> &str {
 
 #[tokio::test]
 async fn missing_or_bad_tokens_are_401() {
-    for auth in [None, Some("Basic abc".to_string()), Some("Bearer nope".to_string())] {
+    for auth in [
+        None,
+        Some("Basic abc".to_string()),
+        Some("Bearer nope".to_string()),
+    ] {
         let mut request = Request::get("/v1/users/kamile/usage");
         if let Some(auth) = auth {
             request = request.header(header::AUTHORIZATION, auth);
         }
         let (status, _, body) = call(test_app(vec![]), request.body(Body::empty()).unwrap()).await;
-        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
     }
 }
 
 #[tokio::test]
 async fn a_user_token_cannot_touch_another_users_data() {
-    let request = Request::get("/v1/users/jonas/usage").header(header::AUTHORIZATION, token("kamile", Role::User));
+    let request = Request::get("/v1/users/jonas/usage")
+        .header(header::AUTHORIZATION, token("kamile", Role::User));
     let (status, _, body) = call(test_app(vec![]), request.body(Body::empty()).unwrap()).await;
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
     let request = Request::post("/v1/sessions")
@@ -65,20 +80,33 @@ async fn a_user_token_cannot_touch_another_users_data() {
 
 #[tokio::test]
 async fn malformed_bodies_are_400_and_oversized_ones_413() {
-    for body in [r#"{"kind": "#, r#"{"kind": 5}"#, r#"{"kind": "practice", "extra": 1}"#, r#"[]"#] {
+    for body in [
+        r#"{"kind": "#,
+        r#"{"kind": 5}"#,
+        r#"{"kind": "practice", "extra": 1}"#,
+        r#"[]"#,
+    ] {
         let request = Request::post("/v1/sessions")
             .header(header::AUTHORIZATION, token("kamile", Role::User))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
             .unwrap();
         let (status, _, response) = call(test_app(vec![]), request).await;
-        assert_eq!((status, code(&response)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
+        assert_eq!(
+            (status, code(&response)),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{body}"
+        );
     }
     let request = Request::post("/v1/sessions")
         .header(header::AUTHORIZATION, token("kamile", Role::User))
         .body(Body::from(r#"{"kind": "practice"}"#))
         .unwrap();
-    assert_eq!(call(test_app(vec![]), request).await.0, StatusCode::BAD_REQUEST, "no content type");
+    assert_eq!(
+        call(test_app(vec![]), request).await.0,
+        StatusCode::BAD_REQUEST,
+        "no content type"
+    );
     let big = format!(r#"{{"kind": "{}"}}"#, "x".repeat(65 * 1024));
     let request = Request::post("/v1/sessions")
         .header(header::AUTHORIZATION, token("kamile", Role::User))
@@ -86,30 +114,62 @@ async fn malformed_bodies_are_400_and_oversized_ones_413() {
         .body(Body::from(big))
         .unwrap();
     let (status, _, body) = call(test_app(vec![]), request).await;
-    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors_and_request_ids() {
-    let (status, headers, body) = call(test_app(vec![]), Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+    let (status, headers, body) = call(
+        test_app(vec![]),
+        Request::get("/nowhere").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     assert!(headers.get("x-request-id").is_some());
-    let (status, headers, body) = call(test_app(vec![]), Request::delete("/v1/sessions").body(Body::empty()).unwrap()).await;
-    assert_eq!((status, code(&body)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let (status, headers, body) = call(
+        test_app(vec![]),
+        Request::delete("/v1/sessions").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
     assert!(headers.get(header::ALLOW).is_some());
-    let request = Request::get("/healthz").header("x-request-id", "abc-123").body(Body::empty()).unwrap();
+    let request = Request::get("/healthz")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
     let (status, headers, _) = call(test_app(vec![]), request).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers.get("x-request-id").unwrap(), "abc-123", "a caller's request id is kept");
+    assert_eq!(
+        headers.get("x-request-id").unwrap(),
+        "abc-123",
+        "a caller's request id is kept"
+    );
 }
 
 #[tokio::test]
 async fn database_unreachable_is_503_not_500() {
-    let (status, _, body) = call(test_app(vec![]), Request::get("/readyz").body(Body::empty()).unwrap()).await;
-    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
-    let request = Request::get("/v1/users/kamile/usage").header(header::AUTHORIZATION, token("kamile", Role::User));
+    let (status, _, body) = call(
+        test_app(vec![]),
+        Request::get("/readyz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    let request = Request::get("/v1/users/kamile/usage")
+        .header(header::AUTHORIZATION, token("kamile", Role::User));
     let (status, _, body) = call(test_app(vec![]), request.body(Body::empty()).unwrap()).await;
-    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
 }
 
 #[tokio::test]
@@ -122,10 +182,16 @@ async fn cors_only_for_configured_origins() {
             .unwrap()
     };
     let (_, headers, _) = call(test_app(vec![]), preflight("https://app.example")).await;
-    assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "no CORS by default");
+    assert!(
+        headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+        "no CORS by default"
+    );
     let configured = test_app(vec!["https://app.example".into()]);
     let (_, headers, _) = call(configured.clone(), preflight("https://app.example")).await;
-    assert_eq!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(), "https://app.example");
+    assert_eq!(
+        headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(),
+        "https://app.example"
+    );
     let (_, headers, _) = call(configured, preflight("https://evil.example")).await;
     assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
 }
@@ -133,6 +199,9 @@ async fn cors_only_for_configured_origins() {
 #[tokio::test]
 async fn short_secrets_are_refused_with_a_message_saying_what_to_set() {
     let error = tally_api::config::parse_secret("short").unwrap_err();
-    assert!(error.contains("TALLY_JWT_SECRET") && error.contains("32"), "{error}");
+    assert!(
+        error.contains("TALLY_JWT_SECRET") && error.contains("32"),
+        "{error}"
+    );
     assert!(tally_api::config::parse_secret(&"k".repeat(32)).is_ok());
 }

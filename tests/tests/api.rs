@@ -23,19 +23,34 @@ impl Api {
         let state = AppState {
             pool: pool(database_url, 8).expect("pool"),
             keys: Keys::new(SECRET),
-            config: AppConfig { request_timeout: Duration::from_secs(10), cors_origins: vec![] },
+            config: AppConfig {
+                request_timeout: Duration::from_secs(10),
+                cors_origins: vec![],
+            },
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app(state)).await.expect("serve") });
-        Api { base, http: Client::new(), keys: Keys::new(SECRET) }
+        Api {
+            base,
+            http: Client::new(),
+            keys: Keys::new(SECRET),
+        }
     }
 
     fn token(&self, sub: &str, role: Role) -> String {
         self.keys.mint(sub, role, 600)
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -54,17 +69,37 @@ impl Api {
     }
 
     async fn post(&self, token: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, "/v1/sessions", Some(token), Some(body)).await
+        self.send(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            Some(token),
+            Some(body),
+        )
+        .await
     }
 }
 
 /// Every error is `{"error": {"code", "message"}}` and carries no internals.
 fn assert_error_body(value: &Value) {
-    let code = value["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error envelope: {value}"));
+    let code = value["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error envelope: {value}"));
     let message = value["error"]["message"].as_str().expect("error message");
     assert!(!code.is_empty());
-    for leak in ["SELECT", "INSERT", "UPDATE tally", "violates", "tally.sessions", "panicked", "SQLSTATE", "postgres"] {
-        assert!(!message.contains(leak), "error message leaks {leak:?}: {message}");
+    for leak in [
+        "SELECT",
+        "INSERT",
+        "UPDATE tally",
+        "violates",
+        "tally.sessions",
+        "panicked",
+        "SQLSTATE",
+        "postgres",
+    ] {
+        assert!(
+            !message.contains(leak),
+            "error message leaks {leak:?}: {message}"
+        );
     }
 }
 
@@ -87,7 +122,9 @@ async fn seeded_api(db: &str) -> (Api, String, Uuid) {
         .unwrap()
         .get(0);
     client
-        .batch_execute("INSERT INTO tally.learning_plans (user_id, title) VALUES ('jonas', 'Travel')")
+        .batch_execute(
+            "INSERT INTO tally.learning_plans (user_id, title) VALUES ('jonas', 'Travel')",
+        )
         .await
         .unwrap();
     (Api::start(&url).await, url, lp)
@@ -103,51 +140,155 @@ async fn sessions_usage_and_every_error_code() {
 
     // The motivating case through HTTP: 3 learning-plan sessions and 1 assessment.
     for _ in 0..3 {
-        let (status, body) = api.post(&kamile, json!({"kind": "learning_plan", "learning_plan_id": plan, "duration_seconds": 900})).await;
+        let (status, body) = api
+            .post(
+                &kamile,
+                json!({"kind": "learning_plan", "learning_plan_id": plan, "duration_seconds": 900}),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let (status, body) = api.post(&kamile, json!({"kind": "assessment"})).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(body["usage"]["practice_sessions"], json!({"used": 3, "limit": 30, "remaining": 27}));
-    assert_eq!(body["usage"]["assessments"], json!({"used": 1, "limit": 2, "remaining": 1}));
+    assert_eq!(
+        body["usage"]["practice_sessions"],
+        json!({"used": 3, "limit": 30, "remaining": 27})
+    );
+    assert_eq!(
+        body["usage"]["assessments"],
+        json!({"used": 1, "limit": 2, "remaining": 1})
+    );
     assert_eq!(body["usage"]["learning_plans"][0]["completed_sessions"], 3);
     assert_eq!(body["session"]["status"], "completed");
-    assert!(chrono::DateTime::parse_from_rfc3339(body["session"]["started_at"].as_str().unwrap()).is_ok());
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["session"]["started_at"].as_str().unwrap())
+            .is_ok()
+    );
 
     // GET usage, and someone else's: 403; a service token reads anyone's.
-    let (status, usage) = api.send(get.clone(), "/v1/users/kamile/usage", Some(&kamile), None).await;
+    let (status, usage) = api
+        .send(get.clone(), "/v1/users/kamile/usage", Some(&kamile), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(usage["plan_id"], "fluency_builder");
-    for key in ["user_id", "period_start", "period_end", "practice_sessions", "assessments", "learning_plans"] {
+    for key in [
+        "user_id",
+        "period_start",
+        "period_end",
+        "practice_sessions",
+        "assessments",
+        "learning_plans",
+    ] {
         assert!(usage.get(key).is_some(), "usage has {key}");
     }
-    assert_eq!(api.send(get.clone(), "/v1/users/jonas/usage", Some(&kamile), None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.send(get.clone(), "/v1/users/jonas/usage", Some(&service), None).await.0, StatusCode::OK);
-    let (status, body) = api.send(get.clone(), "/v1/users/nobody/usage", Some(&service), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        api.send(get.clone(), "/v1/users/jonas/usage", Some(&kamile), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.send(get.clone(), "/v1/users/jonas/usage", Some(&service), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = api
+        .send(get.clone(), "/v1/users/nobody/usage", Some(&service), None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
 
     // Started, then completed via PATCH; repeating the applied change is a 200.
     let id = Uuid::new_v4();
-    let (status, created) = api.post(&kamile, json!({"session_id": id, "kind": "practice", "status": "started"})).await;
+    let (status, created) = api
+        .post(
+            &kamile,
+            json!({"session_id": id, "kind": "practice", "status": "started"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(created["usage"]["practice_sessions"]["remaining"], 26, "the started session holds a slot");
+    assert_eq!(
+        created["usage"]["practice_sessions"]["remaining"], 26,
+        "the started session holds a slot"
+    );
     let path = format!("/v1/sessions/{id}");
-    let (status, done) = api.send(patch.clone(), &path, Some(&kamile), Some(json!({"status": "completed", "duration_seconds": 600}))).await;
+    let (status, done) = api
+        .send(
+            patch.clone(),
+            &path,
+            Some(&kamile),
+            Some(json!({"status": "completed", "duration_seconds": 600})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["session"]["status"], "completed");
     assert_eq!(done["usage"]["practice_sessions"]["used"], 4);
-    let (status, again) = api.send(patch.clone(), &path, Some(&kamile), Some(json!({"status": "completed"}))).await;
+    let (status, again) = api
+        .send(
+            patch.clone(),
+            &path,
+            Some(&kamile),
+            Some(json!({"status": "completed"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(again["usage"]["practice_sessions"]["used"], 4, "counted once");
-    let (status, body) = api.send(patch.clone(), &path, Some(&kamile), Some(json!({"status": "abandoned"}))).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_transition")));
+    assert_eq!(
+        again["usage"]["practice_sessions"]["used"], 4,
+        "counted once"
+    );
+    let (status, body) = api
+        .send(
+            patch.clone(),
+            &path,
+            Some(&kamile),
+            Some(json!({"status": "abandoned"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_transition"))
+    );
     let (status, session) = api.send(get.clone(), &path, Some(&kamile), None).await;
-    assert_eq!((status, session["session_id"].as_str()), (StatusCode::OK, Some(id.to_string().as_str())));
+    assert_eq!(
+        (status, session["session_id"].as_str()),
+        (StatusCode::OK, Some(id.to_string().as_str()))
+    );
     let jonas = api.token("jonas", Role::User);
-    assert_eq!(api.send(get.clone(), &path, Some(&jonas), None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.send(patch.clone(), &path, Some(&jonas), Some(json!({"status": "abandoned"}))).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.send(get.clone(), &format!("/v1/sessions/{}", Uuid::new_v4()), Some(&kamile), None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(api.send(get.clone(), "/v1/sessions/not-a-uuid", Some(&kamile), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.send(get.clone(), &path, Some(&jonas), None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.send(
+            patch.clone(),
+            &path,
+            Some(&jonas),
+            Some(json!({"status": "abandoned"}))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.send(
+            get.clone(),
+            &format!("/v1/sessions/{}", Uuid::new_v4()),
+            Some(&kamile),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.send(get.clone(), "/v1/sessions/not-a-uuid", Some(&kamile), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 
     // Idempotency: same id and content -> 200 and the same session; other content -> 409.
     let retry_id = Uuid::new_v4();
@@ -155,10 +296,21 @@ async fn sessions_usage_and_every_error_code() {
     let _ = api.post(&kamile, json!({"kind": "practice"})).await;
     let (first_status, first) = api.post(&kamile, body.clone()).await;
     let (second_status, second) = api.post(&kamile, body.clone()).await;
-    assert_eq!((first_status, second_status), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(
+        (first_status, second_status),
+        (StatusCode::CREATED, StatusCode::OK)
+    );
     assert_eq!(first, second, "a retry returns the same body");
-    let (status, conflict) = api.post(&kamile, json!({"session_id": retry_id, "kind": "assessment"})).await;
-    assert_eq!((status, conflict["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    let (status, conflict) = api
+        .post(
+            &kamile,
+            json!({"session_id": retry_id, "kind": "assessment"}),
+        )
+        .await;
+    assert_eq!(
+        (status, conflict["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
 
     // Bad input: 400 for malformed requests, 422 for what the rules refuse.
     let raw = |body: &'static str| {
@@ -166,44 +318,116 @@ async fn sessions_usage_and_every_error_code() {
         let url = format!("{}/v1/sessions", api.base);
         let token = kamile.clone();
         async move {
-            let r = http.post(url).bearer_auth(token).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status();
             let value: Value = r.json().await.unwrap();
             assert_error_body(&value);
             (status, value["error"]["code"].as_str().unwrap().to_string())
         }
     };
-    assert_eq!(raw("{\"kind\": ").await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
-    assert_eq!(raw("{\"kind\": \"practice\", \"colour\": \"red\"}").await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
-    assert_eq!(raw("{\"kind\": \"practice\", \"duration_seconds\": 99999999999}").await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
-    assert_eq!(raw("{\"kind\": \"practice\", \"status\": \"abandoned\"}").await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
+    assert_eq!(
+        raw("{\"kind\": ").await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    assert_eq!(
+        raw("{\"kind\": \"practice\", \"colour\": \"red\"}").await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    assert_eq!(
+        raw("{\"kind\": \"practice\", \"duration_seconds\": 99999999999}").await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    assert_eq!(
+        raw("{\"kind\": \"practice\", \"status\": \"abandoned\"}").await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
     for (body, why) in [
         (json!({"kind": "karaoke"}), "unknown kind"),
-        (json!({"kind": "practice", "duration_seconds": -5}), "negative duration"),
-        (json!({"kind": "practice", "started_at": (chrono::Utc::now() + chrono::Duration::minutes(30)).to_rfc3339()}), "future start"),
-        (json!({"kind": "learning_plan", "learning_plan_id": plan, "user_id": "jonas"}), "learning plan of another user"),
+        (
+            json!({"kind": "practice", "duration_seconds": -5}),
+            "negative duration",
+        ),
+        (
+            json!({"kind": "practice", "started_at": (chrono::Utc::now() + chrono::Duration::minutes(30)).to_rfc3339()}),
+            "future start",
+        ),
+        (
+            json!({"kind": "learning_plan", "learning_plan_id": plan, "user_id": "jonas"}),
+            "learning plan of another user",
+        ),
         (json!({"kind": "practice\u{0}"}), "NUL byte"),
     ] {
         let (status, body) = api.post(&service, body).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")), "{why}: {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")),
+            "{why}: {body}"
+        );
     }
-    let (status, _) = api.post(&kamile, json!({"kind": "practice", "user_id": "jonas"})).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "a user token cannot write for another user");
+    let (status, _) = api
+        .post(&kamile, json!({"kind": "practice", "user_id": "jonas"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a user token cannot write for another user"
+    );
     let big = "x".repeat(70 * 1024);
     let (status, body) = api.post(&kamile, json!({"kind": big})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
 
     // Auth: missing, malformed, bad signature, expired.
-    assert_eq!(api.send(get.clone(), "/v1/users/kamile/usage", None, None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.send(get.clone(), "/v1/users/kamile/usage", Some("not-a-jwt"), None).await.0, StatusCode::UNAUTHORIZED);
-    let forged = Keys::new(b"some-other-secret-that-is-also-long-enough").mint("kamile", Role::Service, 600);
-    assert_eq!(api.send(get.clone(), "/v1/users/kamile/usage", Some(&forged), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.send(get.clone(), "/v1/users/kamile/usage", None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.send(
+            get.clone(),
+            "/v1/users/kamile/usage",
+            Some("not-a-jwt"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let forged =
+        Keys::new(b"some-other-secret-that-is-also-long-enough").mint("kamile", Role::Service, 600);
+    assert_eq!(
+        api.send(get.clone(), "/v1/users/kamile/usage", Some(&forged), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
     let expired = {
         let claims = json!({"sub": "kamile", "role": "user", "exp": jsonwebtoken::get_current_timestamp() - 120});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET)).unwrap()
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     };
-    let (status, body) = api.send(get.clone(), "/v1/users/kamile/usage", Some(&expired), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (status, body) = api
+        .send(get.clone(), "/v1/users/kamile/usage", Some(&expired), None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
 
     // Quota: the second assessment fits, the third is a 402 with the numbers.
     let (status, _) = api.post(&kamile, json!({"kind": "assessment"})).await;
@@ -211,27 +435,60 @@ async fn sessions_usage_and_every_error_code() {
     let (status, body) = api.post(&kamile, json!({"kind": "assessment"})).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let error = &body["error"];
-    assert_eq!((error["code"].as_str(), error["counter"].as_str()), (Some("quota_exceeded"), Some("assessments")));
-    assert_eq!((error["used"].as_i64(), error["limit"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(
+        (error["code"].as_str(), error["counter"].as_str()),
+        (Some("quota_exceeded"), Some("assessments"))
+    );
+    assert_eq!(
+        (error["used"].as_i64(), error["limit"].as_i64()),
+        (Some(2), Some(2))
+    );
     assert!(chrono::DateTime::parse_from_rfc3339(error["period_end"].as_str().unwrap()).is_ok());
 
     // Operations routes.
-    assert_eq!(api.send(get.clone(), "/healthz", None, None).await.0, StatusCode::OK);
-    assert_eq!(api.send(get.clone(), "/readyz", None, None).await, (StatusCode::OK, json!({"status": "ready"})));
+    assert_eq!(
+        api.send(get.clone(), "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.send(get.clone(), "/readyz", None, None).await,
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
     let (status, metrics) = api.send(get.clone(), "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let metrics = metrics.as_str().unwrap().to_string();
-    assert!(metrics.contains("tally_http_requests_total{method=\"POST\",route=\"/v1/sessions\",status=\"201\"}"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "tally_http_requests_total{method=\"POST\",route=\"/v1/sessions\",status=\"201\"}"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("tally_http_request_duration_seconds_bucket"));
     assert!(metrics.contains("tally_db_pool_connections"));
     let (status, doc) = api.send(get.clone(), "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    for path in ["/v1/sessions", "/v1/sessions/{session_id}", "/v1/users/{user_id}/usage", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/v1/sessions",
+        "/v1/sessions/{session_id}",
+        "/v1/users/{user_id}/usage",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "OpenAPI documents {path}");
     }
-    let (status, body) = api.send(reqwest::Method::DELETE, "/v1/sessions", Some(&kamile), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
-    assert_eq!(api.send(get, "/v2/nothing", None, None).await.0, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .send(reqwest::Method::DELETE, "/v1/sessions", Some(&kamile), None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    assert_eq!(
+        api.send(get, "/v2/nothing", None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     assert_consistent(&connect(&url).await).await;
 }
@@ -255,13 +512,37 @@ async fn fifty_concurrent_identical_posts_make_one_session_counted_once() {
         statuses.push(status);
         sessions.push(body["session"].clone());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 49, "{statuses:?}");
-    assert!(sessions.windows(2).all(|w| w[0] == w[1]), "every answer describes the same session");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        49,
+        "{statuses:?}"
+    );
+    assert!(
+        sessions.windows(2).all(|w| w[0] == w[1]),
+        "every answer describes the same session"
+    );
     let client = connect(&url).await;
-    let rows: i64 = client.query_one("SELECT count(*) FROM tally.sessions WHERE session_id = $1", &[&id]).await.unwrap().get(0);
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM tally.sessions WHERE session_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let used: i32 = client
-        .query_one("SELECT practice_sessions_used FROM tally.current_usage WHERE user_id = 'kamile'", &[])
+        .query_one(
+            "SELECT practice_sessions_used FROM tally.current_usage WHERE user_id = 'kamile'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -281,7 +562,11 @@ async fn database_down_then_up() {
             cmd.arg("55439");
         }
         let out = cmd.output().expect("cluster.sh");
-        assert!(out.status.success(), "cluster.sh {action}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cluster.sh {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     cluster("stop");
     let _ = std::fs::remove_dir_all(&dir);
@@ -298,15 +583,31 @@ async fn database_down_then_up() {
     let api = Api::start("postgres://postgres@127.0.0.1:55439/postgres").await;
     let token = api.token("kamile", Role::User);
     let get = reqwest::Method::GET;
-    assert_eq!(api.send(get.clone(), "/readyz", None, None).await.0, StatusCode::OK);
-    assert_eq!(api.post(&token, json!({"kind": "practice"})).await.0, StatusCode::CREATED);
+    assert_eq!(
+        api.send(get.clone(), "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.post(&token, json!({"kind": "practice"})).await.0,
+        StatusCode::CREATED
+    );
 
     cluster("stop");
     let (status, body) = api.send(get.clone(), "/readyz", None, None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
     let (status, body) = api.post(&token, json!({"kind": "practice"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
-    assert_eq!(api.send(get.clone(), "/healthz", None, None).await.0, StatusCode::OK, "the process stays up");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
+    assert_eq!(
+        api.send(get.clone(), "/healthz", None, None).await.0,
+        StatusCode::OK,
+        "the process stays up"
+    );
 
     cluster("start");
     let mut ready = false;
@@ -317,15 +618,23 @@ async fn database_down_then_up() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(ready, "/readyz recovers by itself when the database is back");
+    assert!(
+        ready,
+        "/readyz recovers by itself when the database is back"
+    );
     let (status, body) = api.post(&token, json!({"kind": "practice"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["usage"]["practice_sessions"]["used"], 2);
 
     // Without the extension the API is not ready either.
     let bare = connect("postgres://postgres@127.0.0.1:55439/postgres").await;
-    bare.batch_execute("CREATE DATABASE no_tally").await.unwrap();
+    bare.batch_execute("CREATE DATABASE no_tally")
+        .await
+        .unwrap();
     let unready = Api::start("postgres://postgres@127.0.0.1:55439/no_tally").await;
-    assert_eq!(unready.send(get, "/readyz", None, None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        unready.send(get, "/readyz", None, None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     cluster("stop");
 }

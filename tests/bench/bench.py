@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""`make bench`: tally side by side with its baselines, in one run.
+
+Every workload runs in several interleaved rounds against its baselines on the same
+cluster; the report gives medians and ratios. After each workload the counters are
+checked against a recount, so a fast wrong answer cannot pass.
+
+Workloads (select with BENCH_ONLY=single,bulk,hot,http; rounds with BENCH_ROUNDS):
+  single  pgbench single-row INSERTs at 1, 8 and 32 clients: no trigger, PL/pgSQL row
+          trigger, application-side INSERT + UPDATE, tally
+  bulk    1,000,000 rows (and 100,000, for linearity) by COPY and by INSERT ... SELECT:
+          no trigger, PL/pgSQL row trigger, PL/pgSQL statement trigger, tally
+  hot     32 clients inserting for one user: tally vs no trigger, throughput and p99
+  http    POST /v1/sessions and GET usage with wrk at 8 and 32 connections, next to
+          pgbench sending the same inserts straight to PostgreSQL; API peak RSS
+"""
+
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
+PORT = int(os.environ.get("BENCH_PORT", "55434"))
+CLUSTER = ROOT / "target/bench-cluster"
+WORK = ROOT / "target/bench"
+DB = "tally_bench"
+USERS = 10_000
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "single,bulk,hot,http").split(",")))
+API_PORT = int(os.environ.get("BENCH_API_PORT", "18181"))
+SECRET = "bench-secret-that-is-at-least-32-bytes-long"
+
+# Durability as shipped except synchronous_commit, which would otherwise make every
+# variant wait on the same WAL flush and hide the CPU cost being compared.
+CLUSTER_CONF = [
+    "synchronous_commit = off",
+    "shared_buffers = 1GB",
+    "max_wal_size = 16GB",
+    "checkpoint_timeout = 30min",
+    "max_connections = 200",
+]
+
+results = {}
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def psql(sql, db=DB):
+    out = subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres", "-d", db, "-c", sql],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+def psql_file(path, db=DB):
+    subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres", "-d", db, "-f", str(path)],
+        check=True, capture_output=True, text=True,
+    )
+
+
+def timed(sql):
+    psql("CHECKPOINT")
+    start = time.perf_counter()
+    psql(sql)
+    return time.perf_counter() - start
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def setup():
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", str(CLUSTER)], check=True)
+    subprocess.run(["rm", "-rf", str(CLUSTER)], check=True)
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", str(CLUSTER), str(PORT), *CLUSTER_CONF], check=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    psql(f"CREATE DATABASE {DB}", db="postgres")
+    psql("CREATE EXTENSION tally")
+    # Limits high enough never to refuse, so tally runs its limit checks as in production.
+    psql("INSERT INTO tally.plans VALUES ('bench', 'Bench', 1000000000, 1000000000, '1 month')")
+    psql(f"INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) SELECT 'u' || i, 'bench', '2026-01-01 00:00+00' FROM generate_series(1, {USERS}) i")
+    psql_file(ROOT / "tests/bench/baselines.sql")
+    for rows in (100_000, 1_000_000):
+        # 80% practice, 20% assessments, over five monthly periods, all completed.
+        psql(f"""CREATE UNLOGGED TABLE bench.staging_{rows} AS
+                 SELECT 'u' || (1 + (i * 7919) % {USERS}) AS user_id,
+                        CASE WHEN i % 5 = 0 THEN 'assessment' ELSE 'practice' END AS kind,
+                        'completed'::text AS status,
+                        timestamptz '2026-01-01 00:00+00' + (i % 150) * interval '1 day' + (i % 86400) * interval '1 second' AS started_at,
+                        timestamptz '2026-01-01 00:20+00' + (i % 150) * interval '1 day' + (i % 86400) * interval '1 second' AS completed_at,
+                        1200 AS duration_seconds
+                   FROM generate_series(1, {rows}) i""")
+        psql(f"\\copy bench.staging_{rows} TO '{WORK}/sessions_{rows}.csv' CSV")
+    psql("VACUUM ANALYZE")
+
+
+TABLES = {"plain": "bench.plain", "row_trigger": "bench.row_trigger", "stmt_trigger": "bench.stmt_trigger",
+          "app_side": "bench.app_side", "tally": "tally.sessions"}
+
+
+def reset(variant):
+    if variant == "tally":
+        # TRUNCATE is rejected by tally on purpose; the benchmark bypasses it as a superuser.
+        psql("""ALTER TABLE tally.sessions DISABLE TRIGGER USER; ALTER TABLE tally.usage DISABLE TRIGGER USER;
+                TRUNCATE tally.sessions, tally.usage;
+                ALTER TABLE tally.sessions ENABLE TRIGGER USER; ALTER TABLE tally.usage ENABLE TRIGGER USER;""")
+    else:
+        table = TABLES[variant]
+        psql(f"TRUNCATE {table}, {table}_usage")
+    psql(f"VACUUM ANALYZE {TABLES[variant]}")
+
+
+def check_counters(variant, expected_completed=None):
+    """Counters must equal a recount of the rows; returns the number of counted sessions."""
+    if variant == "plain":
+        return None
+    if variant == "tally":
+        drift = int(psql("SELECT count(*) FROM tally.verify()"))
+        counted = int(psql("SELECT coalesce(sum(practice_sessions_used + assessments_used), 0) FROM tally.usage"))
+    else:
+        drift = int(psql(f"SELECT bench.mismatches('{variant.split('.')[-1]}')"))
+        counted = int(psql(f"SELECT coalesce(sum(practice_sessions_used + assessments_used), 0) FROM {TABLES[variant]}_usage"))
+    if drift:
+        sys.exit(f"{variant}: {drift} counters disagree with a recount")
+    if expected_completed is not None and counted != expected_completed:
+        sys.exit(f"{variant}: counted {counted}, expected {expected_completed}")
+    return counted
+
+
+# ---------------------------------------------------------------- bulk ----
+
+BULK_VARIANTS = ["plain", "row_trigger", "stmt_trigger", "tally"]
+COLUMNS = "user_id, kind, status, started_at, completed_at, duration_seconds"
+
+
+def bulk():
+    times = {}
+    for round_no in range(ROUNDS):
+        for rows in (100_000, 1_000_000):
+            for method in ("copy", "insert_select"):
+                for variant in BULK_VARIANTS:
+                    reset(variant)
+                    table = TABLES[variant]
+                    if method == "copy":
+                        sql = f"\\copy {table} ({COLUMNS}) FROM '{WORK}/sessions_{rows}.csv' CSV"
+                    else:
+                        sql = f"INSERT INTO {table} ({COLUMNS}) SELECT {COLUMNS} FROM bench.staging_{rows}"
+                    seconds = timed(sql)
+                    check_counters(variant, expected_completed=rows)
+                    times.setdefault((method, rows, variant), []).append(seconds)
+                    log(f"  bulk round {round_no + 1} {method} {rows:>9,} {variant:<12} {seconds:7.2f} s")
+    report = []
+    for method in ("copy", "insert_select"):
+        for rows in (100_000, 1_000_000):
+            floor = median(times[(method, rows, "plain")])
+            for variant in BULK_VARIANTS:
+                m = median(times[(method, rows, variant)])
+                report.append({"method": method, "rows": rows, "variant": variant, "median_s": round(m, 2),
+                               "vs_no_trigger": round(m / floor, 2)})
+        tally_1m, tally_100k = median(times[(method, 1_000_000, "tally")]), median(times[(method, 100_000, "tally")])
+        report.append({"method": method, "rows": "1M/100k", "variant": "tally", "median_s": None,
+                       "vs_no_trigger": None, "scaling": round(tally_1m / tally_100k, 2)})
+    results["bulk"] = report
+
+
+# -------------------------------------------------------------- single ----
+
+def pgbench(script_text, clients, seconds, log_prefix=None):
+    script = WORK / f"script_{abs(hash(script_text))}.sql"
+    script.write_text(script_text)
+    cmd = [f"{PGBIN}/pgbench", "-n", "-M", "prepared", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
+           "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(seconds), "-f", str(script), DB]
+    if log_prefix:
+        cmd[1:1] = ["-l", f"--log-prefix={log_prefix}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=WORK).stdout
+    tps = float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1))
+    return tps
+
+
+INSERT_ONE = "\\set uid random(1, {users})\nINSERT INTO {table} (user_id, kind, started_at) VALUES ('u' || :uid, 'practice', now());\n"
+APP_SIDE = """\\set uid random(1, {users})
+BEGIN;
+INSERT INTO bench.app_side (user_id, kind, started_at) VALUES ('u' || :uid, 'practice', now());
+INSERT INTO bench.app_side_usage AS u (user_id, period_start, period_end, practice_sessions_used)
+SELECT s.user_id, tally.period_start_for(s.period_anchor, p.period, now()), tally.period_end_for(s.period_anchor, p.period, now()), 1
+  FROM tally.subscriptions s JOIN tally.plans p USING (plan_id) WHERE s.user_id = 'u' || :uid
+ON CONFLICT (user_id, period_start) DO UPDATE SET practice_sessions_used = u.practice_sessions_used + 1;
+END;
+"""
+SINGLE_VARIANTS = ["plain", "row_trigger", "app_side", "tally"]
+
+
+def single_script(variant, users=USERS):
+    if variant == "app_side":
+        return APP_SIDE.format(users=users)
+    return INSERT_ONE.format(users=users, table=TABLES[variant])
+
+
+def single():
+    tps = {}
+    for variant in SINGLE_VARIANTS:
+        reset(variant)
+    for round_no in range(ROUNDS):
+        for clients in (1, 8, 32):
+            for variant in SINGLE_VARIANTS:
+                value = pgbench(single_script(variant), clients, DURATION)
+                tps.setdefault((clients, variant), []).append(value)
+                log(f"  single round {round_no + 1} clients {clients:>2} {variant:<12} {value:9.0f} tps")
+    for variant in SINGLE_VARIANTS:
+        check_counters(variant)
+    report = []
+    for clients in (1, 8, 32):
+        floor = median(tps[(clients, "plain")])
+        for variant in SINGLE_VARIANTS:
+            m = median(tps[(clients, variant)])
+            report.append({"clients": clients, "variant": variant, "median_tps": round(m), "vs_no_trigger": round(m / floor, 2)})
+    results["single"] = report
+
+
+# ----------------------------------------------------------------- hot ----
+
+def p99_from_logs(prefix):
+    latencies = []
+    for path in WORK.glob(f"{prefix}.*"):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                latencies.append(int(parts[2]))
+        path.unlink()
+    latencies.sort()
+    return latencies[int(len(latencies) * 0.99) - 1] / 1000.0 if latencies else float("nan")
+
+
+def hot():
+    measured = {}
+    for variant in ("plain", "tally"):
+        reset(variant)
+    for round_no in range(ROUNDS):
+        for variant in ("plain", "tally"):
+            prefix = f"hot_{variant}"
+            value = pgbench(single_script(variant, users=1), 32, DURATION, log_prefix=prefix)
+            p99 = p99_from_logs(prefix)
+            measured.setdefault(variant, []).append((value, p99))
+            log(f"  hot round {round_no + 1} {variant:<6} {value:9.0f} tps  p99 {p99:7.2f} ms")
+    check_counters("tally")
+    floor = median([t for t, _ in measured["plain"]])
+    results["hot"] = [
+        {"variant": v, "median_tps": round(median([t for t, _ in m])), "median_p99_ms": round(median([p for _, p in m]), 2),
+         "vs_no_trigger": round(median([t for t, _ in m]) / floor, 2)}
+        for v, m in measured.items()
+    ]
+
+
+# ---------------------------------------------------------------- http ----
+
+WRK_POST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+request = function()
+  return wrk.format(nil, "/v1/sessions", nil, '{{"kind":"practice","user_id":"u' .. math.random(1, {users}) .. '"}}')
+end
+"""
+WRK_GET = """
+wrk.headers["Authorization"] = "Bearer {token}"
+request = function()
+  return wrk.format("GET", "/v1/users/u" .. math.random(1, {users}) .. "/usage")
+end
+"""
+
+
+def wrk(script_text, connections):
+    script = WORK / f"wrk_{abs(hash(script_text))}.lua"
+    script.write_text(script_text)
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{DURATION}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{API_PORT}"], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    p99_text = re.search(r"99%\s+([0-9.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99_text.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        sys.exit(f"wrk saw {non2xx.group(1)} error responses:\n{out}")
+    return rps, float(p99_text.group(1)) * scale
+
+
+def http():
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tally-api"], check=True, cwd=ROOT)
+    binary = ROOT / "target/release/tally-api"
+    env = dict(os.environ, DATABASE_URL=f"postgres://postgres@127.0.0.1:{PORT}/{DB}", TALLY_BIND=f"127.0.0.1:{API_PORT}",
+               TALLY_JWT_SECRET=SECRET, TALLY_POOL_SIZE="32", RUST_LOG="warn")
+    api = subprocess.Popen([str(binary), "serve"], env=env)
+    try:
+        for _ in range(100):
+            if subprocess.run(["curl", "-fs", f"http://127.0.0.1:{API_PORT}/readyz"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        token = subprocess.run([str(binary), "token", "--sub", "bench", "--role", "service"], env=env,
+                               check=True, capture_output=True, text=True).stdout.strip()
+        reset("tally")
+        measured = {}
+        for round_no in range(ROUNDS):
+            for connections in (8, 32):
+                post = wrk(WRK_POST.format(token=token, users=USERS), connections)
+                get = wrk(WRK_GET.format(token=token, users=USERS), connections)
+                direct = pgbench(single_script("tally"), connections, DURATION)
+                measured.setdefault(connections, []).append((post, get, direct))
+                log(f"  http round {round_no + 1} c={connections:>2} POST {post[0]:7.0f} rps p99 {post[1]:6.2f} ms | "
+                    f"GET {get[0]:7.0f} rps p99 {get[1]:6.2f} ms | pgbench direct {direct:7.0f} tps")
+        rss_kib = int(re.search(r"VmHWM:\s+(\d+) kB", pathlib.Path(f"/proc/{api.pid}/status").read_text()).group(1))
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    check_counters("tally")
+    report = []
+    for connections, runs in measured.items():
+        post_rps = median([r[0][0] for r in runs])
+        direct = median([r[2] for r in runs])
+        report.append({"connections": connections, "post_rps": round(post_rps), "post_p99_ms": round(median([r[0][1] for r in runs]), 2),
+                       "get_rps": round(median([r[1][0] for r in runs])), "get_p99_ms": round(median([r[1][1] for r in runs]), 2),
+                       "pgbench_direct_tps": round(direct), "post_vs_direct": round(post_rps / direct, 2)})
+    results["http"] = {"runs": report, "api_peak_rss_mib": round(rss_kib / 1024, 1)}
+
+
+def main():
+    log(f"bench: {ROUNDS} rounds, {DURATION}s per timed run, workloads {sorted(ONLY)}")
+    setup()
+    for name, run in (("single", single), ("bulk", bulk), ("hot", hot), ("http", http)):
+        if name in ONLY:
+            log(f"{name}:")
+            run()
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", str(CLUSTER)], check=True)
+    out = WORK / "results.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    log(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()

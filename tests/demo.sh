@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `make run`: a private PostgreSQL under target/ (unless DATABASE_URL is set), the
+# tally extension with a demo plan and user, and the API, until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN_PORT=${RUN_PORT:-55432}
+export TALLY_BIND=${TALLY_BIND:-127.0.0.1:8080}
+CLUSTER=target/run-cluster
+mkdir -p "$CLUSTER"
+started_cluster=""
+api_pid=""
+
+cleanup() {
+    trap - INT TERM EXIT
+    if [ -n "$api_pid" ] && kill -0 "$api_pid" 2>/dev/null; then
+        kill -TERM "$api_pid" 2>/dev/null || true
+        wait "$api_pid" 2>/dev/null || true
+    fi
+    if [ -n "$started_cluster" ]; then
+        tests/cluster.sh stop "$CLUSTER"
+        echo "stopped the API and the PostgreSQL cluster in $CLUSTER"
+    else
+        echo "stopped the API"
+    fi
+}
+trap cleanup INT TERM EXIT
+
+if [ -z "${DATABASE_URL:-}" ]; then
+    tests/cluster.sh start "$CLUSTER" "$RUN_PORT"
+    started_cluster=yes
+    psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tally'" | grep -q 1 \
+        || psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -c "CREATE DATABASE tally"
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$RUN_PORT/tally"
+fi
+
+# A stable secret per checkout, so tokens printed by an earlier run keep working.
+if [ -z "${TALLY_JWT_SECRET:-}" ]; then
+    [ -s "$CLUSTER/jwt-secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$CLUSTER/jwt-secret"
+    TALLY_JWT_SECRET=$(cat "$CLUSTER/jwt-secret")
+fi
+export TALLY_JWT_SECRET
+
+psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS tally;
+INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit, assessments_limit)
+VALUES ('fluency_builder', 'Fluency Builder', 30, 2) ON CONFLICT (plan_id) DO NOTHING;
+INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('kamile', 'fluency_builder') ON CONFLICT (user_id) DO NOTHING;
+INSERT INTO tally.learning_plans (learning_plan_id, user_id, title, total_sessions)
+VALUES ('6f1c2a9e-0000-4000-8000-000000000001', 'kamile', 'Job interview English', 12)
+ON CONFLICT (learning_plan_id) DO NOTHING;
+SQL
+
+cargo build --release -q -p tally-api
+target/release/tally-api serve &
+api_pid=$!
+for _ in $(seq 1 50); do
+    curl -fs "http://$TALLY_BIND/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+curl -fs "http://$TALLY_BIND/readyz" >/dev/null || { echo "the API did not become ready" >&2; exit 1; }
+
+TOKEN=$(target/release/tally-api token --sub kamile --ttl-seconds 86400)
+API="http://$TALLY_BIND"
+cat <<EOT
+
+tally is running.
+  API:       $API   (OpenAPI: $API/openapi.json, metrics: $API/metrics)
+  database:  $DATABASE_URL
+  demo user: kamile on plan fluency_builder (30 practice sessions, 2 assessments a month)
+
+A token for kamile (valid 24 hours):
+  export TOKEN=$TOKEN
+
+Record a learning-plan session, then an assessment:
+  curl -s -X POST $API/v1/sessions -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"kind": "learning_plan", "learning_plan_id": "6f1c2a9e-0000-4000-8000-000000000001", "duration_seconds": 900}'
+  curl -s -X POST $API/v1/sessions -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"kind": "assessment"}'
+
+Read usage:
+  curl -s $API/v1/users/kamile/usage -H "Authorization: Bearer \$TOKEN"
+
+The analyst's view:
+  psql "$DATABASE_URL" -c 'SELECT * FROM tally.current_usage'
+
+Ctrl-C stops everything this started.
+EOT
+wait "$api_pid"
