@@ -5,6 +5,10 @@
 //! Limits ride on the same write: the upsert of the usage row takes its row lock, so
 //! inserts for one user and period serialize there, and the reservation count that
 //! follows runs with a fresh snapshot taken after the lock was granted.
+//!
+//! A statement that changed exactly one row (the API's case) takes a short path of
+//! small prepared statements with scalar parameters; any other statement takes the
+//! set-based path. Both apply the same deltas and the same limit check.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,6 +21,7 @@ use pgrx::{pg_sys, PgOid, PgTrigger};
 
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal::InternalWrite;
+use crate::privilege::AsExtensionOwner;
 use crate::settings;
 
 thread_local! {
@@ -105,19 +110,54 @@ WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
 ORDER BY up.user_id, up.period_start, c.counter
 "#;
 
-/// Started sessions still holding a reservation, per candidate (user, period, counter).
-/// A separate statement so that its snapshot is taken after the usage row lock.
+/// Started sessions still holding a reservation in one (user, counter, period). A
+/// separate statement so that its snapshot is taken after the usage row lock; scalar
+/// parameters so that its plan is prepared once.
 const RESERVATIONS_SQL: &str = r#"
-SELECT (SELECT count(*)
-          FROM tally.sessions x
-          JOIN tally.session_kinds k ON k.kind = x.kind
-         WHERE x.user_id = t.user_id AND x.status = 'started' AND k.counter = t.counter
-           AND x.started_at >= t.period_start AND x.started_at < t.period_end
-           AND x.started_at > now() - tally.reservation_timeout())::int AS in_progress
-FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[])
-     WITH ORDINALITY AS t(user_id, period_start, period_end, counter, ord)
-ORDER BY t.ord
+SELECT count(*)::int
+  FROM tally.sessions x
+  JOIN tally.session_kinds k ON k.kind = x.kind
+ WHERE x.user_id = $1 AND x.status = 'started' AND k.counter = $2
+   AND x.started_at >= $3 AND x.started_at < $4
+   AND x.started_at > now() - tally.reservation_timeout()
 "#;
+
+/// The single changed row of a statement, with what counting it needs.
+macro_rules! one_row_sql {
+    ($table:literal) => {
+        concat!(
+            "SELECT r.user_id, r.status, r.started_at, r.learning_plan_id, k.counter,
+                    s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
+               FROM ",
+            $table,
+            " r
+               JOIN tally.session_kinds k ON k.kind = r.kind
+               JOIN tally.subscriptions s ON s.user_id = r.user_id
+               JOIN tally.plans p ON p.plan_id = s.plan_id"
+        )
+    };
+}
+const NEW_ROW_SQL: &str = one_row_sql!("tally_new");
+const OLD_ROW_SQL: &str = one_row_sql!("tally_old");
+
+const RAISE_ONE_SQL: &str = r#"
+INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (user_id, period_start) DO UPDATE
+   SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
+       assessments_used = u.assessments_used + excluded.assessments_used
+RETURNING practice_sessions_used, assessments_used
+"#;
+
+const LOWER_ONE_SQL: &str = r#"
+UPDATE tally.usage
+   SET practice_sessions_used = practice_sessions_used + $3,
+       assessments_used = assessments_used + $4
+ WHERE user_id = $1 AND period_start = $2
+"#;
+
+const PLAN_ONE_SQL: &str =
+    "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $2 WHERE learning_plan_id = $1";
 
 /// Signed changes to completed sessions, applied to usage and learning plans.
 /// `{changed}` yields (user_id, kind, started_at, learning_plan_id, sign).
@@ -204,37 +244,29 @@ fn get<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
         .unwrap_or_else(|| panic!("tally: NULL counting result column {ordinal}"))
 }
 
+/// Rows in a transition table, without reading it.
+fn rows_in(table: *mut pg_sys::Tuplestorestate) -> i64 {
+    if table.is_null() {
+        0
+    } else {
+        // SAFETY: PostgreSQL's transition table for this trigger call.
+        unsafe { pg_sys::tuplestore_tuple_count(table) }
+    }
+}
+
 fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
+    let _owner = AsExtensionOwner::for_trigger(trigger);
+    let single = rows_in(trigger.trigger_data().tg_newtable) == 1;
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
-        let checks: Vec<LimitCheck> = run_cached(
-            client,
-            INSERT_SQL,
-            &[PgOid::BuiltIn(PgBuiltInOids::BOOLOID)],
-            &[settings::enforce_limits().into()],
-        )
-        .map(|row| LimitCheck {
-            user_id: get(&row, 1),
-            period_start: get(&row, 2),
-            period_end: get(&row, 3),
-            counter: get(&row, 4),
-            used: get(&row, 5),
-            done: get(&row, 6),
-            added: get(&row, 7),
-            limit: get(&row, 8),
-        })
-        .collect();
-        if checks.is_empty() {
-            return Ok(());
-        }
-        let in_progress = reservations(client, &checks);
-        for (check, in_progress) in checks.iter().zip(in_progress) {
-            if check.used + in_progress > check.limit {
-                return Err(quota_exceeded(check, in_progress));
-            }
-        }
-        Ok(())
+        let checks = if single {
+            let row = one_row(client, NEW_ROW_SQL);
+            apply_one(client, None, row.as_ref())
+        } else {
+            insert_many(client)
+        };
+        check_limits(client, &checks)
     })?;
     Ok(pg_sys::Datum::null())
 }
@@ -244,21 +276,217 @@ entry!(
     count_insert
 );
 
-fn reservations(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> Vec<i32> {
-    let users: Vec<String> = checks.iter().map(|c| c.user_id.clone()).collect();
-    let starts: Vec<TimestampWithTimeZone> = checks.iter().map(|c| c.period_start).collect();
-    let ends: Vec<TimestampWithTimeZone> = checks.iter().map(|c| c.period_end).collect();
-    let counters: Vec<String> = checks.iter().map(|c| c.counter.clone()).collect();
-    let text_array = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
-    let ts_array = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
+/// The set-based path: one aggregate over the whole transition table.
+fn insert_many(client: &mut SpiClient<'_>) -> Vec<LimitCheck> {
     run_cached(
         client,
-        RESERVATIONS_SQL,
-        &[text_array, ts_array, ts_array, text_array],
-        &[users.into(), starts.into(), ends.into(), counters.into()],
+        INSERT_SQL,
+        &[PgOid::BuiltIn(PgBuiltInOids::BOOLOID)],
+        &[settings::enforce_limits().into()],
     )
-    .map(|row| get::<i32>(&row, 1))
+    .map(|row| LimitCheck {
+        user_id: get(&row, 1),
+        period_start: get(&row, 2),
+        period_end: get(&row, 3),
+        counter: get(&row, 4),
+        used: get(&row, 5),
+        done: get(&row, 6),
+        added: get(&row, 7),
+        limit: get(&row, 8),
+    })
     .collect()
+}
+
+/// What counting needs to know of one session row.
+struct RowFacts {
+    user_id: String,
+    status: String,
+    started_at: TimestampWithTimeZone,
+    learning_plan_id: Option<pgrx::Uuid>,
+    counter: String,
+    anchor: TimestampWithTimeZone,
+    period: Interval,
+    practice_limit: Option<i32>,
+    assessments_limit: Option<i32>,
+}
+
+impl RowFacts {
+    fn completed(&self) -> bool {
+        self.status == "completed"
+    }
+
+    fn metered(&self) -> bool {
+        self.counter != "none"
+    }
+
+    fn limit(&self) -> Option<i32> {
+        match self.counter.as_str() {
+            "practice_sessions" => self.practice_limit,
+            _ => self.assessments_limit,
+        }
+    }
+
+    fn period_bounds(&self) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
+        crate::period::period_bounds(self.anchor, &self.period, self.started_at)
+    }
+
+    /// (practice, assessments) deltas for a change of `sign` to this session.
+    fn deltas(&self, sign: i32) -> (i32, i32) {
+        match self.counter.as_str() {
+            "practice_sessions" => (sign, 0),
+            "assessments" => (0, sign),
+            _ => (0, 0),
+        }
+    }
+}
+
+fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
+    run_cached(client, sql, &[], &[])
+        .next()
+        .map(|row| RowFacts {
+            user_id: get(&row, 1),
+            status: get(&row, 2),
+            started_at: get(&row, 3),
+            learning_plan_id: row
+                .get(4)
+                .unwrap_or_else(|e| panic!("tally: learning_plan_id: {e}")),
+            counter: get(&row, 5),
+            anchor: get(&row, 6),
+            period: get(&row, 7),
+            practice_limit: row
+                .get(8)
+                .unwrap_or_else(|e| panic!("tally: practice limit: {e}")),
+            assessments_limit: row
+                .get(9)
+                .unwrap_or_else(|e| panic!("tally: assessments limit: {e}")),
+        })
+}
+
+/// Applies the change of one session row from `old` to `new` (either may be absent:
+/// an INSERT has no old row, a DELETE no new one, and a row whose subscription is
+/// being deleted has neither). Returns the limit check an inserted row needs.
+fn apply_one(
+    client: &mut SpiClient<'_>,
+    old: Option<&RowFacts>,
+    new: Option<&RowFacts>,
+) -> Vec<LimitCheck> {
+    let counted = |row: Option<&RowFacts>| row.filter(|r| r.completed()).map_or(0, |_| 1);
+    let mut checks = Vec::new();
+
+    // user_id, kind and started_at never change, so both rows share one usage row.
+    if let Some(facts) = new.or(old).filter(|r| r.metered()) {
+        let sign = counted(new) - counted(old);
+        let (practice, assessments) = facts.deltas(sign);
+        let (start, end) = facts.period_bounds();
+        let reserves = old.is_none() && new.is_some_and(|n| n.status != "abandoned");
+        if sign > 0 || reserves {
+            // The upsert also takes the row lock that serializes limit checks.
+            let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+            let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+            let int = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+            let mut rows = run_cached(
+                client,
+                RAISE_ONE_SQL,
+                &[text, ts, ts, int, int],
+                &[
+                    facts.user_id.clone().into(),
+                    start.into(),
+                    end.into(),
+                    practice.into(),
+                    assessments.into(),
+                ],
+            );
+            let row = rows.next().expect("an upsert returns its row");
+            let used: i32 = if facts.counter == "practice_sessions" {
+                get(&row, 1)
+            } else {
+                get(&row, 2)
+            };
+            if let (true, Some(limit)) = (reserves && settings::enforce_limits(), facts.limit()) {
+                checks.push(LimitCheck {
+                    user_id: facts.user_id.clone(),
+                    period_start: start,
+                    period_end: end,
+                    counter: facts.counter.clone(),
+                    used,
+                    done: sign,
+                    added: 1,
+                    limit,
+                });
+            }
+        } else if sign < 0 {
+            let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+            let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+            let int = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+            run_cached(
+                client,
+                LOWER_ONE_SQL,
+                &[text, ts, int, int],
+                &[
+                    facts.user_id.clone().into(),
+                    start.into(),
+                    practice.into(),
+                    assessments.into(),
+                ],
+            );
+        }
+    }
+
+    // Learning plans count completed sessions of any kind.
+    let plan_change = |row: Option<&RowFacts>, sign: i32| {
+        row.filter(|r| r.completed())
+            .and_then(|r| r.learning_plan_id)
+            .map(|id| (id, sign))
+    };
+    for (plan, delta) in [plan_change(old, -1), plan_change(new, 1)]
+        .into_iter()
+        .flatten()
+    {
+        let same_plan_both_ways = old.and_then(|o| o.learning_plan_id)
+            == new.and_then(|n| n.learning_plan_id)
+            && counted(old) == 1
+            && counted(new) == 1;
+        if same_plan_both_ways {
+            continue;
+        }
+        run_cached(
+            client,
+            PLAN_ONE_SQL,
+            &[
+                PgOid::BuiltIn(PgBuiltInOids::UUIDOID),
+                PgOid::BuiltIn(PgBuiltInOids::INT4OID),
+            ],
+            &[plan.into(), delta.into()],
+        );
+    }
+    checks
+}
+
+/// Refuses the statement if any (user, period, counter) it added to is now past its
+/// limit once reservations are counted.
+fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResult<()> {
+    let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+    let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+    for check in checks {
+        let in_progress: i32 = run_cached(
+            client,
+            RESERVATIONS_SQL,
+            &[text, text, ts, ts],
+            &[
+                check.user_id.clone().into(),
+                check.counter.clone().into(),
+                check.period_start.into(),
+                check.period_end.into(),
+            ],
+        )
+        .next()
+        .map(|row| get(&row, 1))
+        .unwrap_or(0);
+        if check.used + in_progress > check.limit {
+            return Err(quota_exceeded(check, in_progress));
+        }
+    }
+    Ok(())
 }
 
 fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
@@ -295,7 +523,9 @@ fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
 }
 
 fn count_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    apply_delta(trigger, UPDATE_SQL)
+    let data = trigger.trigger_data();
+    let single = rows_in(data.tg_newtable) == 1 && rows_in(data.tg_oldtable) == 1;
+    apply_delta(trigger, UPDATE_SQL, single.then_some((true, true)))
 }
 entry!(
     tally_sessions_count_update,
@@ -304,7 +534,8 @@ entry!(
 );
 
 fn count_delete(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    apply_delta(trigger, DELETE_SQL)
+    let single = rows_in(trigger.trigger_data().tg_oldtable) == 1;
+    apply_delta(trigger, DELETE_SQL, single.then_some((true, false)))
 }
 entry!(
     tally_sessions_count_delete,
@@ -312,11 +543,35 @@ entry!(
     count_delete
 );
 
-fn apply_delta(trigger: &PgTrigger<'_>, sql: &'static str) -> TallyResult<pg_sys::Datum> {
+/// Applies an UPDATE or DELETE: `single` says which transition tables (old, new) to
+/// read on the one-row path; otherwise `sql` aggregates the whole statement.
+fn apply_delta(
+    trigger: &PgTrigger<'_>,
+    sql: &'static str,
+    single: Option<(bool, bool)>,
+) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
+    let _owner = AsExtensionOwner::for_trigger(trigger);
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
-        run_cached(client, sql, &[], &[]);
+        match single {
+            Some((has_old, has_new)) => {
+                let old = if has_old {
+                    one_row(client, OLD_ROW_SQL)
+                } else {
+                    None
+                };
+                let new = if has_new {
+                    one_row(client, NEW_ROW_SQL)
+                } else {
+                    None
+                };
+                apply_one(client, old.as_ref(), new.as_ref());
+            }
+            None => {
+                run_cached(client, sql, &[], &[]);
+            }
+        }
     });
     Ok(pg_sys::Datum::null())
 }

@@ -10,6 +10,7 @@ mod errors;
 mod guards;
 mod internal;
 mod period;
+mod privilege;
 mod rebucket;
 mod repair;
 mod sessions;

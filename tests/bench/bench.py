@@ -57,8 +57,10 @@ def log(message):
 def psql(sql, db=DB):
     out = subprocess.run(
         ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres", "-d", db, "-c", sql],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    if out.returncode != 0:
+        sys.exit(f"psql failed: {sql[:200]}\n{out.stderr}")
     return out.stdout.strip()
 
 
@@ -94,7 +96,7 @@ def setup():
     for rows in (100_000, 1_000_000):
         # 80% practice, 20% assessments, over five monthly periods, all completed.
         psql(f"""CREATE UNLOGGED TABLE bench.staging_{rows} AS
-                 SELECT 'u' || (1 + (i * 7919) % {USERS}) AS user_id,
+                 SELECT 'u' || (1 + (i::bigint * 7919) % {USERS}) AS user_id,
                         CASE WHEN i % 5 = 0 THEN 'assessment' ELSE 'practice' END AS kind,
                         'completed'::text AS status,
                         timestamptz '2026-01-01 00:00+00' + (i % 150) * interval '1 day' + (i % 86400) * interval '1 second' AS started_at,
@@ -188,10 +190,12 @@ def pgbench(script_text, clients, seconds, log_prefix=None):
     return tps
 
 
-INSERT_ONE = "\\set uid random(1, {users})\nINSERT INTO {table} (user_id, kind, started_at) VALUES ('u' || :uid, 'practice', now());\n"
+# completed_at is sent by every variant: the baseline copies have tally's CHECKs but
+# not its fill-in trigger.
+INSERT_ONE = "\\set uid random(1, {users})\nINSERT INTO {table} (user_id, kind, started_at, completed_at) VALUES ('u' || :uid, 'practice', now(), now());\n"
 APP_SIDE = """\\set uid random(1, {users})
 BEGIN;
-INSERT INTO bench.app_side (user_id, kind, started_at) VALUES ('u' || :uid, 'practice', now());
+INSERT INTO bench.app_side (user_id, kind, started_at, completed_at) VALUES ('u' || :uid, 'practice', now(), now());
 INSERT INTO bench.app_side_usage AS u (user_id, period_start, period_end, practice_sessions_used)
 SELECT s.user_id, tally.period_start_for(s.period_anchor, p.period, now()), tally.period_end_for(s.period_anchor, p.period, now()), 1
   FROM tally.subscriptions s JOIN tally.plans p USING (plan_id) WHERE s.user_id = 'u' || :uid

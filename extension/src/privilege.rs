@@ -1,0 +1,63 @@
+//! Running tally's own reads and writes as the extension owner, with a search path of
+//! pg_catalog only: the effect of `SECURITY DEFINER SET search_path = pg_catalog`, so
+//! that writer roles need no privilege on tally.usage and cannot redirect tally's SQL
+//! through objects of their own. Done here instead of in the function definition
+//! because a function-level SET costs a GUC save/restore and a search path
+//! recomputation on every call, which the single-row insert path cannot afford.
+//! (PushOverrideSearchPath is PostgreSQL 15's API for exactly this.)
+
+use std::os::raw::c_int;
+
+use pgrx::pg_sys;
+use pgrx::PgTrigger;
+
+#[must_use]
+pub struct AsExtensionOwner {
+    saved_user: pg_sys::Oid,
+    saved_context: c_int,
+}
+
+impl AsExtensionOwner {
+    /// Switches to the owner of the table the trigger fired on: tally's tables
+    /// belong to the role that created the extension.
+    pub fn for_trigger(trigger: &PgTrigger<'_>) -> Self {
+        // SAFETY: the relation is open for the duration of the trigger call.
+        let owner = unsafe { (*(*trigger.trigger_data().tg_relation).rd_rel).relowner };
+        Self::switch_to(owner)
+    }
+
+    fn switch_to(owner: pg_sys::Oid) -> Self {
+        let mut saved_user = pg_sys::Oid::INVALID;
+        let mut saved_context: c_int = 0;
+        // SAFETY: plain reads and writes of backend-local state; restored in Drop, and
+        // by PostgreSQL itself if the transaction aborts first.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int,
+            );
+            let mut path = pg_sys::OverrideSearchPath {
+                schemas: std::ptr::null_mut(),
+                addCatalog: true,
+                addTemp: false,
+                generation: 0,
+            };
+            pg_sys::PushOverrideSearchPath(&mut path);
+        }
+        AsExtensionOwner {
+            saved_user,
+            saved_context,
+        }
+    }
+}
+
+impl Drop for AsExtensionOwner {
+    fn drop(&mut self) {
+        // SAFETY: undoes exactly what switch_to did, in reverse order.
+        unsafe {
+            pg_sys::PopOverrideSearchPath();
+            pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);
+        }
+    }
+}
