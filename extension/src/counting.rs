@@ -462,11 +462,46 @@ fn apply_one(
     checks
 }
 
+/// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
+///
+/// The reservation count is a lookup in a partial index. Its plan is cached for the
+/// life of the connection, and a plan made while tally.sessions is empty (a fresh
+/// install, a test) would otherwise be a sequential scan kept as the table grows.
+struct IndexOnlyPlanning(std::os::raw::c_int);
+
+impl IndexOnlyPlanning {
+    fn begin() -> Self {
+        // SAFETY: a local GUC change inside a nest level, as a function's SET clause does.
+        unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"enable_seqscan".as_ptr(),
+                c"off".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            IndexOnlyPlanning(level)
+        }
+    }
+}
+
+impl Drop for IndexOnlyPlanning {
+    fn drop(&mut self) {
+        // SAFETY: closes the nest level opened in begin().
+        unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+    }
+}
+
 /// Refuses the statement if any (user, period, counter) it added to is now past its
 /// limit once reservations are counted.
 fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResult<()> {
     let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
     let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+    let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
     for check in checks {
         let in_progress: i32 = run_cached(
             client,

@@ -182,4 +182,32 @@ mod tests {
             Some(0)
         );
     }
+
+    #[pg_test]
+    fn reservation_checks_use_the_index_even_when_planned_on_an_empty_table() {
+        fixtures();
+        // An analyzed empty table makes a sequential scan look free to the planner;
+        // DISCARD PLANS makes tally plan its statements again, now.
+        run("ANALYZE tally.sessions");
+        run("DISCARD PLANS");
+        let seq_scans = || {
+            Spi::get_one::<i64>("SELECT pg_stat_get_xact_numscans('tally.sessions'::regclass)")
+                .unwrap()
+                .unwrap_or(0)
+        };
+        let before = seq_scans();
+        // More executions than the plan cache's five custom plans, so the cached
+        // generic plan is built and used too.
+        for day in 1..=8 {
+            run(&format!(
+                "INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-{day:02} 10:00+00')"
+            ));
+        }
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (8, 0));
+        assert_eq!(
+            seq_scans(),
+            before,
+            "limit checks must not scan tally.sessions sequentially"
+        );
+    }
 }
