@@ -95,10 +95,17 @@ api-test:
 	cargo test -p tally-api
 
 # End-to-end tests across SQL and HTTP against the test cluster.
+# The fault tests start their own clusters and the API binary.
 e2e: test-cluster
-	$(call fresh_db,$(TEST_DB))
-	TALLY_TEST_DATABASE_URL=$(TEST_URL)/$(TEST_DB) TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres \
-	    cargo test -p tally-e2e --no-fail-fast -- --test-threads=1
+	cargo build -q -p tally-api
+	TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres cargo test -p tally-e2e --no-fail-fast -- --test-threads=1
+
+# The long form of the randomized and fault tests (make test runs the short form).
+soak: install test-cluster
+	cargo build -q -p tally-api
+	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
+	TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres TALLY_SOAK_OPS=1500 TALLY_FAULT_ROUNDS=5 \
+	    cargo test -p tally-e2e --no-fail-fast --test invariant --test faults -- --test-threads=1 --nocapture
 
 # Generated requests against /openapi.json: no server errors, no schema violations.
 schemathesis: test-cluster

@@ -60,9 +60,12 @@ pub async fn find_session(
         .map(Session::from))
 }
 
+/// Finishes the session if `owner` may touch it (None: any owner). None when no
+/// such session is visible to the caller.
 pub async fn finish_session(
     client: &impl GenericClient,
     id: Uuid,
+    owner: Option<&str>,
     update: &SessionUpdate,
 ) -> Result<Option<Session>, tokio_postgres::Error> {
     let statement = client
@@ -71,7 +74,7 @@ pub async fn finish_session(
                 SET status = $2,
                     completed_at = coalesce($3, completed_at),
                     duration_seconds = coalesce($4, duration_seconds)
-              WHERE session_id = $1
+              WHERE session_id = $1 AND ($5::text IS NULL OR user_id = $5)
              RETURNING {SESSION_COLUMNS}"
         ))
         .await?;
@@ -83,42 +86,35 @@ pub async fn finish_session(
                 &update.status.as_str(),
                 &update.completed_at,
                 &update.duration_seconds,
+                &owner,
             ],
         )
         .await?;
     Ok(row.as_ref().map(Session::from))
 }
 
+/// The user's counters for the current period and learning plans, in one query.
 pub async fn usage(client: &impl GenericClient, user_id: &str) -> Result<Usage, ApiError> {
     let statement = client
         .prepare_cached(
-            "SELECT user_id, plan_id, period_start, period_end,
-                    practice_sessions_used, practice_sessions_limit, practice_sessions_remaining,
-                    assessments_used, assessments_limit, assessments_remaining
-               FROM tally.current_usage WHERE user_id = $1",
+            "SELECT cu.user_id, cu.plan_id, cu.period_start, cu.period_end,
+                    cu.practice_sessions_used, cu.practice_sessions_limit, cu.practice_sessions_remaining,
+                    cu.assessments_used, cu.assessments_limit, cu.assessments_remaining,
+                    coalesce((SELECT json_agg(json_build_object(
+                                        'learning_plan_id', lp.learning_plan_id, 'title', lp.title,
+                                        'completed_sessions', lp.completed_sessions, 'total_sessions', lp.total_sessions)
+                                      ORDER BY lp.created_at, lp.learning_plan_id)
+                                FROM tally.learning_plans lp WHERE lp.user_id = cu.user_id), '[]'::json)
+               FROM tally.current_usage cu WHERE cu.user_id = $1",
         )
         .await?;
     let row = client
         .query_opt(&statement, &[&user_id])
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no subscription for user {user_id:?}")))?;
-    let plans = client
-        .prepare_cached(
-            "SELECT learning_plan_id, title, completed_sessions, total_sessions
-               FROM tally.learning_plans WHERE user_id = $1 ORDER BY created_at, learning_plan_id",
-        )
-        .await?;
-    let learning_plans = client
-        .query(&plans, &[&user_id])
-        .await?
-        .iter()
-        .map(|r| LearningPlanProgress {
-            learning_plan_id: r.get(0),
-            title: r.get(1),
-            completed_sessions: r.get(2),
-            total_sessions: r.get(3),
-        })
-        .collect();
+    let plans: serde_json::Value = row.get(10);
+    let learning_plans: Vec<LearningPlanProgress> = serde_json::from_value(plans)
+        .map_err(|e| ApiError::Internal(format!("learning plans: {e}")))?;
     Ok(Usage {
         user_id: row.get(0),
         plan_id: row.get(1),

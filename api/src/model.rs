@@ -132,7 +132,7 @@ pub struct Counter {
     pub remaining: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LearningPlanProgress {
     pub learning_plan_id: Uuid,
     pub title: String,

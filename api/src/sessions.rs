@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Role};
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
@@ -63,41 +63,37 @@ pub async fn create_session(
         .clone()
         .unwrap_or_else(|| caller.0.sub.clone());
     caller.may_act_for(&user_id)?;
-    let mut client = state.pool.get().await?;
+    let client = state.pool.get().await?;
+    // One statement, committed on its own: the counters move in the same transaction
+    // as the row, inside the database.
     let mut attempt = 0;
-    let (created, body) = loop {
+    let inserted = loop {
         attempt += 1;
-        let tx = client.transaction().await?;
-        let inserted = match db::insert_session(&tx, &request, &user_id).await {
-            Ok(inserted) => inserted,
+        match db::insert_session(&client, &request, &user_id).await {
             Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let (created, session) = match inserted {
-            Some(session) => (true, session),
-            None => {
-                let id = request
-                    .session_id
-                    .expect("a conflict needs an explicit session_id");
-                let existing = db::find_session(&tx, id).await?.ok_or_else(|| {
-                    ApiError::Conflict(
-                        "the session_id was taken and released meanwhile; retry".into(),
-                    )
-                })?;
-                if !existing.matches(&request, &user_id) {
-                    return Err(ApiError::Conflict(format!(
-                        "session {id} already exists with other content"
-                    )));
-                }
-                (false, existing)
-            }
-        };
-        let usage = db::usage(&tx, &user_id).await?;
-        match tx.commit().await {
-            Ok(()) => break (created, SessionWithUsage { session, usage }),
-            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
-            Err(e) => return Err(e.into()),
+            other => break other?,
         }
+    };
+    let (created, session) = match inserted {
+        Some(session) => (true, session),
+        None => {
+            let id = request
+                .session_id
+                .expect("a conflict needs an explicit session_id");
+            let existing = db::find_session(&client, id).await?.ok_or_else(|| {
+                ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
+            })?;
+            if !existing.matches(&request, &user_id) {
+                return Err(ApiError::Conflict(format!(
+                    "session {id} already exists with other content"
+                )));
+            }
+            (false, existing)
+        }
+    };
+    let body = SessionWithUsage {
+        usage: db::usage(&client, &user_id).await?,
+        session,
     };
     if created {
         let location = format!("/v1/sessions/{}", body.session.session_id);
@@ -167,26 +163,29 @@ pub async fn finish_session(
     ApiJson(update): ApiJson<SessionUpdate>,
 ) -> Result<Json<SessionWithUsage>, ApiError> {
     let id = parse_id(&raw_id)?;
-    let mut client = state.pool.get().await?;
+    let client = state.pool.get().await?;
+    // The owner check is part of the UPDATE, so a user token can never touch
+    // another user's session, even for an instant.
+    let owner = (caller.0.role != Role::Service).then_some(caller.0.sub.as_str());
     let mut attempt = 0;
-    loop {
+    let finished = loop {
         attempt += 1;
-        let tx = client.transaction().await?;
-        let owner = db::find_session(&tx, id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
-        caller.may_act_for(&owner.user_id)?;
-        let session = match db::finish_session(&tx, id, &update).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return Err(ApiError::NotFound(format!("no session {id}"))),
+        match db::finish_session(&client, id, owner, &update).await {
             Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let usage = db::usage(&tx, &session.user_id).await?;
-        match tx.commit().await {
-            Ok(()) => return Ok(Json(SessionWithUsage { session, usage })),
-            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
-            Err(e) => return Err(e.into()),
+            other => break other?,
         }
-    }
+    };
+    let session = match finished {
+        Some(session) => session,
+        None => {
+            // Not updated: tell a missing session from someone else's.
+            let existing = db::find_session(&client, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
+            caller.may_act_for(&existing.user_id)?;
+            return Err(ApiError::NotFound(format!("no session {id}")));
+        }
+    };
+    let usage = db::usage(&client, &session.user_id).await?;
+    Ok(Json(SessionWithUsage { session, usage }))
 }

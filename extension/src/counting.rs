@@ -122,6 +122,19 @@ SELECT count(*)::int
    AND x.started_at > now() - tally.reservation_timeout()
 "#;
 
+/// The same count for many candidates at once, in one statement (bulk loads).
+const RESERVATIONS_MANY_SQL: &str = r#"
+SELECT (SELECT count(*)
+          FROM tally.sessions x
+          JOIN tally.session_kinds k ON k.kind = x.kind
+         WHERE x.user_id = t.user_id AND x.status = 'started' AND k.counter = t.counter
+           AND x.started_at >= t.period_start AND x.started_at < t.period_end
+           AND x.started_at > now() - tally.reservation_timeout())::int
+  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+       WITH ORDINALITY AS t(user_id, counter, period_start, period_end, ord)
+ ORDER BY t.ord
+"#;
+
 /// The single changed row of a statement, with what counting it needs.
 macro_rules! one_row_sql {
     ($table:literal) => {
@@ -502,8 +515,9 @@ fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResul
     let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
     let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
     let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
-    for check in checks {
-        let in_progress: i32 = run_cached(
+    let in_progress: Vec<i32> = match checks {
+        [] => Vec::new(),
+        [check] => run_cached(
             client,
             RESERVATIONS_SQL,
             &[text, text, ts, ts],
@@ -514,9 +528,26 @@ fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResul
                 check.period_end.into(),
             ],
         )
-        .next()
         .map(|row| get(&row, 1))
-        .unwrap_or(0);
+        .collect(),
+        many => {
+            let users: Vec<String> = many.iter().map(|c| c.user_id.clone()).collect();
+            let counters: Vec<String> = many.iter().map(|c| c.counter.clone()).collect();
+            let starts: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_start).collect();
+            let ends: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_end).collect();
+            let text_array = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+            let ts_array = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
+            run_cached(
+                client,
+                RESERVATIONS_MANY_SQL,
+                &[text_array, text_array, ts_array, ts_array],
+                &[users.into(), counters.into(), starts.into(), ends.into()],
+            )
+            .map(|row| get(&row, 1))
+            .collect()
+        }
+    };
+    for (check, in_progress) in checks.iter().zip(in_progress) {
         if check.used + in_progress > check.limit {
             return Err(quota_exceeded(check, in_progress));
         }

@@ -35,9 +35,10 @@ extension_sql_file!(
 
 /// RFC 3339 text of a timestamp, in UTC, for messages.
 pub(crate) fn format_timestamp(ts: TimestampWithTimeZone) -> String {
-    period::to_datetime(ts.into_inner())
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    match period::to_datetime(ts.into_inner()) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        None => ts.to_string(),
+    }
 }
 
 #[pg_guard]

@@ -16,8 +16,9 @@ fn pg_epoch() -> NaiveDateTime {
         .expect("2000-01-01 is a valid date")
 }
 
-pub(crate) fn to_datetime(micros: i64) -> NaiveDateTime {
-    pg_epoch() + Duration::microseconds(micros)
+/// None for timestamps beyond chrono's range (PostgreSQL's reaches further).
+pub(crate) fn to_datetime(micros: i64) -> Option<NaiveDateTime> {
+    pg_epoch().checked_add_signed(Duration::microseconds(micros))
 }
 
 fn to_micros(t: NaiveDateTime) -> Option<i64> {
@@ -61,7 +62,7 @@ impl PeriodLength {
     /// `anchor + k * self`, or None when the result leaves the representable range.
     fn boundary(&self, anchor: i64, k: i64) -> Option<i64> {
         let months = self.months.checked_mul(k)?;
-        let start = to_datetime(anchor);
+        let start = to_datetime(anchor)?;
         let shifted = if months >= 0 {
             start.checked_add_months(Months::new(u32::try_from(months).ok()?))?
         } else {
@@ -200,6 +201,16 @@ mod unit_tests {
         let feb = micros(2026, 2, 1);
         assert_eq!(month.bounds(anchor, feb).unwrap().0, feb);
         assert_eq!(month.bounds(anchor, feb - 1).unwrap().1, feb);
+    }
+
+    #[test]
+    fn timestamps_beyond_the_calendar_range_give_none_instead_of_panicking() {
+        let month = PeriodLength::new(1, 0, 0).unwrap();
+        let end_of_time = i64::MAX / 2;
+        assert_eq!(month.bounds(end_of_time, micros(2026, 3, 1)), None);
+        assert_eq!(month.bounds(micros(2026, 1, 1), end_of_time), None);
+        let year = PeriodLength::new(12_000_000, 0, 0).unwrap();
+        assert_eq!(year.bounds(micros(2026, 1, 1), micros(2026, 3, 1)), None);
     }
 
     #[test]

@@ -10,7 +10,13 @@ use tally_e2e::{assert_consistent, connect, fresh_database, sqlstate};
 use tokio_postgres::Client;
 
 const CLIENTS: usize = 16;
-const OPS_PER_CLIENT: usize = 250;
+/// Operations per client; `make soak` raises it with TALLY_SOAK_OPS.
+fn ops_per_client() -> usize {
+    std::env::var("TALLY_SOAK_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250)
+}
 const USERS: usize = 12;
 
 fn user(rng: &mut StdRng) -> String {
@@ -200,7 +206,7 @@ async fn mixed_concurrent_writes_keep_every_counter_exact() {
             let mut client = connect(&url).await;
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client_no as u64));
             let (mut ok, mut retryable) = (0usize, 0usize);
-            for _ in 0..OPS_PER_CLIENT {
+            for _ in 0..ops_per_client() {
                 match one_operation(&mut client, &mut rng).await {
                     Ok(()) => ok += 1,
                     // Statements touching several users' rows can deadlock; PostgreSQL aborts one.
@@ -219,7 +225,7 @@ async fn mixed_concurrent_writes_keep_every_counter_exact() {
     }
     println!("{ok} operations committed or rolled back as planned, {retryable} deadlock/serialization aborts");
     assert!(
-        ok >= CLIENTS * OPS_PER_CLIENT * 9 / 10,
+        ok >= CLIENTS * ops_per_client() * 9 / 10,
         "too few operations went through: {ok}"
     );
 
