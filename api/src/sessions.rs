@@ -23,8 +23,22 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// How many times a transaction is retried after a serialization failure or deadlock.
-const RETRIES: usize = 3;
+/// How many times a write is tried when it fails to serialize or deadlocks.
+const ATTEMPTS: usize = 3;
+
+/// Runs `write`, again when PostgreSQL says that trying again may succeed.
+async fn with_retries<T, Fut>(mut write: impl FnMut() -> Fut) -> Result<T, ApiError>
+where
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(e) if attempt < ATTEMPTS && ApiError::is_retryable(&e) => attempt += 1,
+            other => return Ok(other?),
+        }
+    }
+}
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no session {raw:?}")))
@@ -66,14 +80,7 @@ pub async fn create_session(
     let client = state.pool.get().await?;
     // One statement, committed on its own: the counters move in the same transaction
     // as the row, inside the database.
-    let mut attempt = 0;
-    let inserted = loop {
-        attempt += 1;
-        match db::insert_session(&client, &request, &user_id).await {
-            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
-            other => break other?,
-        }
-    };
+    let inserted = with_retries(|| db::insert_session(&client, &request, &user_id)).await?;
     let (created, session) = match inserted {
         Some(session) => (true, session),
         None => {
@@ -167,14 +174,7 @@ pub async fn finish_session(
     // The owner check is part of the UPDATE, so a user token can never touch
     // another user's session, even for an instant.
     let owner = (caller.0.role != Role::Service).then_some(caller.0.sub.as_str());
-    let mut attempt = 0;
-    let finished = loop {
-        attempt += 1;
-        match db::finish_session(&client, id, owner, &update).await {
-            Err(e) if attempt < RETRIES && ApiError::is_retryable(&e) => continue,
-            other => break other?,
-        }
-    };
+    let finished = with_retries(|| db::finish_session(&client, id, owner, &update)).await?;
     let session = match finished {
         Some(session) => session,
         None => {

@@ -55,8 +55,17 @@ pub(crate) fn run_cached<'conn>(
         .unwrap_or_else(|e| panic!("tally: counting query failed: {e}"))
 }
 
+// Parameter types of the prepared statements.
+const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
+const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+
 /// Makes the statement's transition tables (tally_new, tally_old) visible to SPI.
-fn register_transition_tables(trigger: &PgTrigger<'_>) {
+pub(crate) fn register_transition_tables(trigger: &PgTrigger<'_>) {
     let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
     // SAFETY: called inside an SPI connection with the trigger data PostgreSQL passed in.
     let rc = unsafe { pg_sys::SPI_register_trigger_data(data) };
@@ -294,7 +303,7 @@ fn insert_many(client: &mut SpiClient<'_>) -> Vec<LimitCheck> {
     run_cached(
         client,
         INSERT_SQL,
-        &[PgOid::BuiltIn(PgBuiltInOids::BOOLOID)],
+        &[BOOL],
         &[settings::enforce_limits().into()],
     )
     .map(|row| LimitCheck {
@@ -394,13 +403,10 @@ fn apply_one(
         let reserves = old.is_none() && new.is_some_and(|n| n.status != "abandoned");
         if sign > 0 || reserves {
             // The upsert also takes the row lock that serializes limit checks.
-            let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-            let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-            let int = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
             let mut rows = run_cached(
                 client,
                 RAISE_ONE_SQL,
-                &[text, ts, ts, int, int],
+                &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4, INT4],
                 &[
                     facts.user_id.clone().into(),
                     start.into(),
@@ -428,13 +434,10 @@ fn apply_one(
                 });
             }
         } else if sign < 0 {
-            let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-            let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-            let int = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
             run_cached(
                 client,
                 LOWER_ONE_SQL,
-                &[text, ts, int, int],
+                &[TEXT, TIMESTAMPTZ, INT4, INT4],
                 &[
                     facts.user_id.clone().into(),
                     start.into(),
@@ -465,10 +468,7 @@ fn apply_one(
         run_cached(
             client,
             PLAN_ONE_SQL,
-            &[
-                PgOid::BuiltIn(PgBuiltInOids::UUIDOID),
-                PgOid::BuiltIn(PgBuiltInOids::INT4OID),
-            ],
+            &[UUID, INT4],
             &[plan.into(), delta.into()],
         );
     }
@@ -512,15 +512,13 @@ impl Drop for IndexOnlyPlanning {
 /// Refuses the statement if any (user, period, counter) it added to is now past its
 /// limit once reservations are counted.
 fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResult<()> {
-    let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-    let ts = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
     let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
     let in_progress: Vec<i32> = match checks {
         [] => Vec::new(),
         [check] => run_cached(
             client,
             RESERVATIONS_SQL,
-            &[text, text, ts, ts],
+            &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
             &[
                 check.user_id.clone().into(),
                 check.counter.clone().into(),
@@ -535,12 +533,10 @@ fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResul
             let counters: Vec<String> = many.iter().map(|c| c.counter.clone()).collect();
             let starts: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_start).collect();
             let ends: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_end).collect();
-            let text_array = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
-            let ts_array = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
             run_cached(
                 client,
                 RESERVATIONS_MANY_SQL,
-                &[text_array, text_array, ts_array, ts_array],
+                &[TEXT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY, TIMESTAMPTZ_ARRAY],
                 &[users.into(), counters.into(), starts.into(), ends.into()],
             )
             .map(|row| get(&row, 1))

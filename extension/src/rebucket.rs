@@ -109,9 +109,7 @@ entry!(
 fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
-        let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
-        // SAFETY: inside an SPI connection, with PostgreSQL's trigger data.
-        unsafe { pg_sys::SPI_register_trigger_data(data) };
+        crate::counting::register_transition_tables(trigger);
         client
             .update(
                 "DELETE FROM tally.usage WHERE user_id IN (SELECT user_id FROM tally_old)",

@@ -5,9 +5,11 @@ Every workload runs in several interleaved rounds against its baselines on the s
 cluster; the report gives medians and ratios. After each workload the counters are
 checked against a recount, so a fast wrong answer cannot pass.
 
-Workloads (select with BENCH_ONLY=single,bulk,hot,http; rounds with BENCH_ROUNDS):
+Workloads (select with BENCH_ONLY=single,durable,bulk,hot,http; rounds with BENCH_ROUNDS):
   single  pgbench single-row INSERTs at 1, 8 and 32 clients: no trigger, PL/pgSQL row
           trigger, application-side INSERT + UPDATE, tally
+  durable the single-row workload at 1 and 8 clients with synchronous_commit on, as
+          PostgreSQL ships: every commit waits for its WAL flush
   bulk    1,000,000 rows (and 100,000, for linearity) by COPY and by INSERT ... SELECT:
           no trigger, PL/pgSQL row trigger, PL/pgSQL statement trigger, tally
   hot     32 clients inserting for one user: tally vs no trigger, throughput and p99
@@ -33,7 +35,7 @@ DB = "tally_bench"
 USERS = 10_000
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "single,bulk,hot,http").split(",")))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "single,durable,bulk,hot,http").split(",")))
 API_PORT = int(os.environ.get("BENCH_API_PORT", "18181"))
 SECRET = "bench-secret-that-is-at-least-32-bytes-long"
 
@@ -178,14 +180,15 @@ def bulk():
 
 # -------------------------------------------------------------- single ----
 
-def pgbench(script_text, clients, seconds, log_prefix=None):
+def pgbench(script_text, clients, seconds, log_prefix=None, options=None):
     script = WORK / f"script_{abs(hash(script_text))}.sql"
     script.write_text(script_text)
     cmd = [f"{PGBIN}/pgbench", "-n", "-M", "prepared", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
            "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(seconds), "-f", str(script), DB]
     if log_prefix:
         cmd[1:1] = ["-l", f"--log-prefix={log_prefix}"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=WORK).stdout
+    env = dict(os.environ, PGOPTIONS=options) if options else None
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=WORK, env=env).stdout
     tps = float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1))
     return tps
 
@@ -230,6 +233,26 @@ def single():
             m = median(tps[(clients, variant)])
             report.append({"clients": clients, "variant": variant, "median_tps": round(m), "vs_no_trigger": round(m / floor, 2)})
     results["single"] = report
+
+
+def durable():
+    tps = {}
+    variants = ["plain", "row_trigger", "tally"]
+    for round_no in range(ROUNDS):
+        for clients in (1, 8):
+            for variant in variants:
+                value = pgbench(single_script(variant), clients, DURATION, options="-c synchronous_commit=on")
+                tps.setdefault((clients, variant), []).append(value)
+                log(f"  durable round {round_no + 1} clients {clients:>2} {variant:<12} {value:9.0f} tps")
+    for variant in variants:
+        check_counters(variant)
+    report = []
+    for clients in (1, 8):
+        floor = median(tps[(clients, "plain")])
+        for variant in variants:
+            m = median(tps[(clients, variant)])
+            report.append({"clients": clients, "variant": variant, "median_tps": round(m), "vs_no_trigger": round(m / floor, 2)})
+    results["durable"] = report
 
 
 # ----------------------------------------------------------------- hot ----
@@ -336,17 +359,68 @@ def http():
     results["http"] = {"runs": report, "api_peak_rss_mib": round(rss_kib / 1024, 1)}
 
 
+def markdown(results):
+    """The README tables for a results dictionary."""
+    out = []
+    if "single" in results:
+        out += ["Single-row INSERT, pgbench -M prepared, 10,000 users (tps, median; ratio to no trigger):", "",
+                "| clients | no trigger | PL/pgSQL row trigger | app-side INSERT + UPDATE | tally |", "|---|---|---|---|---|"]
+        for clients in (1, 8, 32):
+            row = {r["variant"]: r for r in results["single"] if r["clients"] == clients}
+            cells = [f"{row[v]['median_tps']:,} ({row[v]['vs_no_trigger']:.2f}x)" for v in SINGLE_VARIANTS]
+            out.append(f"| {clients} | " + " | ".join(cells) + " |")
+        out.append("")
+    if "durable" in results:
+        out += ["The same with synchronous_commit on (PostgreSQL's default durability):", "",
+                "| clients | no trigger | PL/pgSQL row trigger | tally |", "|---|---|---|---|"]
+        for clients in (1, 8):
+            row = {r["variant"]: r for r in results["durable"] if r["clients"] == clients}
+            cells = [f"{row[v]['median_tps']:,} ({row[v]['vs_no_trigger']:.2f}x)" for v in ("plain", "row_trigger", "tally")]
+            out.append(f"| {clients} | " + " | ".join(cells) + " |")
+        out.append("")
+    if "bulk" in results:
+        out += ["Bulk loads, 10,000 users, five periods (seconds, median; ratio to no trigger):", "",
+                "| load | no trigger | PL/pgSQL row trigger | PL/pgSQL statement trigger | tally |", "|---|---|---|---|---|"]
+        for method, label in (("copy", "COPY"), ("insert_select", "INSERT … SELECT")):
+            for rows in (100_000, 1_000_000):
+                row = {r["variant"]: r for r in results["bulk"] if r["method"] == method and r["rows"] == rows}
+                cells = [f"{row[v]['median_s']:.2f} ({row[v]['vs_no_trigger']:.2f}x)" for v in BULK_VARIANTS]
+                out.append(f"| {label} {rows:,} | " + " | ".join(cells) + " |")
+        scaling = {r["method"]: r["scaling"] for r in results["bulk"] if r.get("scaling")}
+        out += ["", f"tally 1M / 100k: COPY {scaling.get('copy')}x, INSERT … SELECT {scaling.get('insert_select')}x.", ""]
+    if "hot" in results:
+        out += ["One hot user, 32 clients:", "", "| | tps (median) | p99 ms | ratio |", "|---|---|---|---|"]
+        for r in results["hot"]:
+            out.append(f"| {r['variant'].replace('plain', 'no trigger')} | {r['median_tps']:,} | {r['median_p99_ms']} | {r['vs_no_trigger']:.2f}x |")
+        out.append("")
+    if "http" in results:
+        out += ["HTTP (wrk, 2 threads) next to pgbench sending the same inserts straight to PostgreSQL:", "",
+                "| connections | POST rps | POST p99 ms | GET usage rps | GET p99 ms | pgbench direct tps | POST / direct |",
+                "|---|---|---|---|---|---|---|"]
+        for r in results["http"]["runs"]:
+            out.append(f"| {r['connections']} | {r['post_rps']:,} | {r['post_p99_ms']} | {r['get_rps']:,} | {r['get_p99_ms']} | "
+                       f"{r['pgbench_direct_tps']:,} | {r['post_vs_direct']:.2f}x |")
+        out += ["", f"API peak RSS: {results['http']['api_peak_rss_mib']} MiB.", ""]
+    return "\n".join(out)
+
+
 def main():
+    if sys.argv[1:2] == ["--markdown"]:
+        merged = {}
+        for path in sys.argv[2:]:
+            merged.update(json.loads(pathlib.Path(path).read_text()))
+        print(markdown(merged))
+        return
     log(f"bench: {ROUNDS} rounds, {DURATION}s per timed run, workloads {sorted(ONLY)}")
     setup()
-    for name, run in (("single", single), ("bulk", bulk), ("hot", hot), ("http", http)):
+    for name, run in (("single", single), ("durable", durable), ("bulk", bulk), ("hot", hot), ("http", http)):
         if name in ONLY:
             log(f"{name}:")
             run()
     subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", str(CLUSTER)], check=True)
-    out = WORK / "results.json"
+    out = WORK / f"results-{'-'.join(sorted(ONLY))}.json"
     out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    print(markdown(results))
     log(f"results written to {out}")
 
 
