@@ -136,17 +136,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The JSON envelope for a status produced outside the handlers (405, timeouts).
+/// The JSON envelope for a status produced outside the handlers: unknown routes,
+/// wrong methods, oversized bodies, caught panics (500) and timeouts (503).
 pub fn envelope_for(status: StatusCode) -> Response {
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
             ("method_not_allowed", "method not allowed on this route")
         }
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
         StatusCode::PAYLOAD_TOO_LARGE => {
             ("payload_too_large", "request body is larger than 64 KiB")
         }
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        StatusCode::INTERNAL_SERVER_ERROR => ("internal", "internal error"),
         s if s.is_server_error() => ("unavailable", "the service cannot answer right now"),
         _ => ("invalid_request", "the request was refused"),
     };
@@ -248,6 +249,24 @@ impl From<tokio_postgres::Error> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn statuses_made_outside_handlers_get_the_documented_codes() {
+        use http_body_util::BodyExt;
+        for (status, expected) in [
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (StatusCode::NOT_FOUND, "not_found"),
+        ] {
+            let response = envelope_for(status);
+            assert_eq!(response.status(), status);
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body["error"]["code"], expected, "{status}");
+        }
+    }
 
     #[test]
     fn quota_detail_parses_even_with_spaces_in_the_user_id() {
