@@ -261,9 +261,17 @@ fn get<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     row: &pgrx::spi::SpiHeapTupleData<'_>,
     ordinal: usize,
 ) -> T {
+    get_nullable(row, ordinal)
+        .unwrap_or_else(|| panic!("tally: NULL counting result column {ordinal}"))
+}
+
+/// A column of a counting query that may be NULL.
+fn get_nullable<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    ordinal: usize,
+) -> Option<T> {
     row.get::<T>(ordinal)
         .unwrap_or_else(|e| panic!("tally: bad counting result column {ordinal}: {e}"))
-        .unwrap_or_else(|| panic!("tally: NULL counting result column {ordinal}"))
 }
 
 /// Rows in a transition table, without reading it.
@@ -369,18 +377,12 @@ fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
             user_id: get(&row, 1),
             status: get(&row, 2),
             started_at: get(&row, 3),
-            learning_plan_id: row
-                .get(4)
-                .unwrap_or_else(|e| panic!("tally: learning_plan_id: {e}")),
+            learning_plan_id: get_nullable(&row, 4),
             counter: get(&row, 5),
             anchor: get(&row, 6),
             period: get(&row, 7),
-            practice_limit: row
-                .get(8)
-                .unwrap_or_else(|e| panic!("tally: practice limit: {e}")),
-            assessments_limit: row
-                .get(9)
-                .unwrap_or_else(|e| panic!("tally: assessments limit: {e}")),
+            practice_limit: get_nullable(&row, 8),
+            assessments_limit: get_nullable(&row, 9),
         })
 }
 
@@ -448,23 +450,17 @@ fn apply_one(
         }
     }
 
-    // Learning plans count completed sessions of any kind.
+    // Learning plans count completed sessions of any kind. A session that stays
+    // completed keeps its plan (only duration_seconds may change), so its two
+    // changes cancel out.
     let plan_change = |row: Option<&RowFacts>, sign: i32| {
         row.filter(|r| r.completed())
             .and_then(|r| r.learning_plan_id)
             .map(|id| (id, sign))
     };
-    for (plan, delta) in [plan_change(old, -1), plan_change(new, 1)]
-        .into_iter()
-        .flatten()
-    {
-        let same_plan_both_ways = old.and_then(|o| o.learning_plan_id)
-            == new.and_then(|n| n.learning_plan_id)
-            && counted(old) == 1
-            && counted(new) == 1;
-        if same_plan_both_ways {
-            continue;
-        }
+    let changes = [plan_change(old, -1), plan_change(new, 1)];
+    let cancel_out = matches!(changes, [Some((a, _)), Some((b, _))] if a == b);
+    for (plan, delta) in changes.into_iter().flatten().filter(|_| !cancel_out) {
         run_cached(
             client,
             PLAN_ONE_SQL,

@@ -37,7 +37,9 @@ entry!(
 fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let new = trigger.new().expect("row trigger has a new row");
     let completed: Option<i32> = column(&new, "completed_sessions");
-    match trigger.old() {
+    let old = trigger.old();
+    let is_update = old.is_some();
+    match old {
         None if completed != Some(0) => {
             let mut row = new.into_owned();
             row.set_by_name("completed_sessions", 0i32)
@@ -51,7 +53,7 @@ fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::
                 "tally.learning_plans.completed_sessions",
             ))
         }
-        _ => Ok(pg_sys::Datum::from(if trigger.old().is_some() {
+        _ => Ok(pg_sys::Datum::from(if is_update {
             trigger.trigger_data().tg_newtuple
         } else {
             trigger.trigger_data().tg_trigtuple
