@@ -99,6 +99,22 @@ CREATE TABLE tally.adjustments (
 );
 COMMENT ON TABLE tally.adjustments IS 'Audit log: every counter tally.repair() corrected, when, by whom, old and new value.';
 
+-- What tally.usage must hold, recounted from the sessions: the one definition of the
+-- invariant that tally.verify(), tally.repair() and re-bucketing all read.
+CREATE VIEW tally.usage_recount AS
+SELECT x.user_id,
+       tally.period_start_for(s.period_anchor, p.period, x.started_at) AS period_start,
+       tally.period_end_for(s.period_anchor, p.period, x.started_at) AS period_end,
+       (count(*) FILTER (WHERE k.counter = 'practice_sessions'))::integer AS practice_sessions_used,
+       (count(*) FILTER (WHERE k.counter = 'assessments'))::integer AS assessments_used
+FROM tally.sessions x
+JOIN tally.session_kinds k ON k.kind = x.kind
+JOIN tally.subscriptions s ON s.user_id = x.user_id
+JOIN tally.plans p ON p.plan_id = s.plan_id
+WHERE x.status = 'completed' AND k.counter <> 'none'
+GROUP BY 1, 2, 3;
+COMMENT ON VIEW tally.usage_recount IS 'Usage recounted from tally.sessions: what tally.usage holds when consistent (tally.verify() compares the two).';
+
 CREATE FUNCTION tally.reservation_timeout() RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT coalesce(nullif(current_setting('tally.reservation_timeout', true), ''), '2 hours')::interval $$;

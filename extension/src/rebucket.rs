@@ -20,17 +20,8 @@ pub fn rebuild_usage(users: Vec<String>) {
             "SELECT 1 FROM tally.subscriptions WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
             "DELETE FROM tally.usage WHERE user_id = ANY($1)",
             "INSERT INTO tally.usage (user_id, period_start, period_end, practice_sessions_used, assessments_used)
-             SELECT x.user_id,
-                    tally.period_start_for(s.period_anchor, p.period, x.started_at),
-                    tally.period_end_for(s.period_anchor, p.period, x.started_at),
-                    count(*) FILTER (WHERE k.counter = 'practice_sessions'),
-                    count(*) FILTER (WHERE k.counter = 'assessments')
-               FROM tally.sessions x
-               JOIN tally.session_kinds k ON k.kind = x.kind
-               JOIN tally.subscriptions s ON s.user_id = x.user_id
-               JOIN tally.plans p ON p.plan_id = s.plan_id
-              WHERE x.user_id = ANY($1) AND x.status = 'completed' AND k.counter <> 'none'
-              GROUP BY 1, 2, 3",
+             SELECT user_id, period_start, period_end, practice_sessions_used, assessments_used
+               FROM tally.usage_recount WHERE user_id = ANY($1)",
         ] {
             client
                 .update(sql, None, std::slice::from_ref(&users))

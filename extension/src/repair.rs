@@ -10,24 +10,16 @@ use crate::internal::InternalWrite;
 /// Every counter that disagrees with a recount from tally.sessions.
 const VERIFY_SQL: &str = r#"
 WITH actual AS (
-    SELECT x.user_id,
-           tally.period_start_for(s.period_anchor, p.period, x.started_at) AS period_start,
-           count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice,
-           count(*) FILTER (WHERE k.counter = 'assessments') AS assessments
-    FROM tally.sessions x
-    JOIN tally.session_kinds k ON k.kind = x.kind
-    JOIN tally.subscriptions s ON s.user_id = x.user_id
-    JOIN tally.plans p ON p.plan_id = s.plan_id
-    WHERE x.status = 'completed' AND k.counter <> 'none'
-    GROUP BY 1, 2
+    SELECT user_id, period_start, practice_sessions_used AS practice, assessments_used AS assessments
+    FROM tally.usage_recount
 ),
 compared AS (
     SELECT coalesce(u.user_id, a.user_id) AS user_id,
            coalesce(u.period_start, a.period_start) AS period_start,
            coalesce(u.practice_sessions_used, 0)::bigint AS stored_practice,
-           coalesce(a.practice, 0) AS actual_practice,
+           coalesce(a.practice, 0)::bigint AS actual_practice,
            coalesce(u.assessments_used, 0)::bigint AS stored_assessments,
-           coalesce(a.assessments, 0) AS actual_assessments
+           coalesce(a.assessments, 0)::bigint AS actual_assessments
     FROM tally.usage u
     FULL JOIN actual a ON a.user_id = u.user_id AND a.period_start = u.period_start
 ),
@@ -136,13 +128,8 @@ fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
     };
     let actual = one_i64(
         client,
-        "SELECT count(*) FROM tally.sessions x
-           JOIN tally.session_kinds k ON k.kind = x.kind
-           JOIN tally.subscriptions s ON s.user_id = x.user_id
-           JOIN tally.plans p ON p.plan_id = s.plan_id
-          WHERE x.user_id = $1 AND x.status = 'completed'
-            AND k.counter || '_used' = $3
-            AND tally.period_start_for(s.period_anchor, p.period, x.started_at) = $2",
+        "SELECT CASE WHEN $3 = 'practice_sessions_used' THEN practice_sessions_used ELSE assessments_used END::bigint
+           FROM tally.usage_recount WHERE user_id = $1 AND period_start = $2",
         &[
             d.id.clone().into(),
             period_start.into(),
