@@ -43,7 +43,8 @@ CREATE TABLE tally.learning_plans (
     created_at          timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT learning_plans_id_user_key UNIQUE (learning_plan_id, user_id)
 );
-CREATE INDEX learning_plans_user_id_idx ON tally.learning_plans (user_id);
+-- Also the order a user's plans are listed in (tally.current_usage_document).
+CREATE INDEX learning_plans_user_id_idx ON tally.learning_plans (user_id, created_at, learning_plan_id);
 COMMENT ON COLUMN tally.learning_plans.completed_sessions IS 'Maintained by tally: the number of completed sessions of this plan.';
 
 CREATE TABLE tally.sessions (
@@ -155,6 +156,94 @@ CROSS JOIN LATERAL (
       AND x.started_at > now() - tally.reservation_timeout()
 ) r;
 COMMENT ON VIEW tally.current_usage IS 'One row per subscription for the billing period containing now(); *_remaining subtracts reservations held by started sessions.';
+
+-- The usage document the HTTP API returns, built in one place for every reader.
+CREATE VIEW tally.current_usage_document AS
+SELECT cu.user_id,
+       json_build_object(
+           'user_id', cu.user_id,
+           'plan_id', cu.plan_id,
+           'period_start', cu.period_start,
+           'period_end', cu.period_end,
+           'practice_sessions', json_build_object('used', cu.practice_sessions_used,
+                                                  'limit', cu.practice_sessions_limit,
+                                                  'remaining', cu.practice_sessions_remaining),
+           'assessments', json_build_object('used', cu.assessments_used,
+                                            'limit', cu.assessments_limit,
+                                            'remaining', cu.assessments_remaining),
+           -- Aggregated from an ordered subquery, which reads the index in order,
+           -- instead of json_agg(... ORDER BY ...), which sorts on every call.
+           'learning_plans', coalesce((
+               SELECT json_agg(plan.item)
+                 FROM (SELECT json_build_object('learning_plan_id', lp.learning_plan_id,
+                                                'title', lp.title,
+                                                'completed_sessions', lp.completed_sessions,
+                                                'total_sessions', lp.total_sessions) AS item
+                         FROM tally.learning_plans lp
+                        WHERE lp.user_id = cu.user_id
+                        ORDER BY lp.created_at, lp.learning_plan_id) plan), '[]'::json)
+       ) AS document
+FROM tally.current_usage cu;
+COMMENT ON VIEW tally.current_usage_document IS 'tally.current_usage and the user''s learning plans as one JSON document per subscription (the body of GET /v1/users/{user_id}/usage). Filter by user_id.';
+
+-- Record a session and read the counters it moved, in one call (one round trip for
+-- clients). Counting is done by the triggers as for any INSERT; this adds only the
+-- idempotent retry and the read after the write.
+CREATE FUNCTION tally.record_session(
+    user_id text,
+    kind text,
+    session_id uuid DEFAULT NULL,
+    learning_plan_id uuid DEFAULT NULL,
+    status text DEFAULT 'completed',
+    started_at timestamptz DEFAULT NULL,
+    completed_at timestamptz DEFAULT NULL,
+    duration_seconds integer DEFAULT NULL)
+RETURNS json
+LANGUAGE plpgsql VOLATILE
+-- Its statements are key lookups. Plans cached while the tables were tiny would
+-- otherwise stay sequential scans as the tables grow, until the next ANALYZE.
+SET enable_seqscan = off
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    stored tally.sessions;
+    created boolean;
+BEGIN
+    INSERT INTO tally.sessions AS x
+           (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
+    VALUES (coalesce(record_session.session_id, gen_random_uuid()), record_session.user_id, record_session.kind,
+            record_session.learning_plan_id, record_session.status, coalesce(record_session.started_at, now()),
+            record_session.completed_at, record_session.duration_seconds)
+    ON CONFLICT ON CONSTRAINT sessions_pkey DO NOTHING
+    RETURNING x.* INTO stored;
+    created := FOUND;
+    IF NOT created THEN
+        -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
+        -- meanwhile leaves nothing to return.
+        SELECT x.* INTO stored FROM tally.sessions x WHERE x.session_id = record_session.session_id;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    -- A new statement: it sees the counters the INSERT's triggers just moved.
+    RETURN (SELECT json_build_object('created', created, 'session', row_to_json(stored), 'usage', d.document)
+              FROM tally.current_usage_document d
+             WHERE d.user_id = stored.user_id);
+END
+$fn$;
+COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer) IS
+    'INSERT a session unless session_id exists (ON CONFLICT DO NOTHING); returns {created, session, usage}: whether it inserted, the stored session, and tally.current_usage_document for its user. started_at NULL means now(); NULL when the id existed but the row is gone.';
+
+-- The usage document for one user, planned for key lookups (see record_session).
+CREATE FUNCTION tally.usage_document(user_id text) RETURNS json
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $fn$
+BEGIN
+    RETURN (SELECT d.document FROM tally.current_usage_document d WHERE d.user_id = usage_document.user_id);
+END
+$fn$;
+COMMENT ON FUNCTION tally.usage_document(text) IS 'tally.current_usage_document for one user; NULL when the user has no subscription.';
 
 -- pg_dump: user data is dumped; tally.usage is derived and rebuilt by the
 -- triggers while sessions are restored, so it is not dumped (no double counting).

@@ -1,0 +1,97 @@
+-- tally.record_session: one call that inserts a session (idempotent on session_id)
+-- and returns the counters it moved; tally.usage_document: the same usage document
+-- on its own. Period bounds depend on today, so only counters and contents are shown.
+SET timezone = 'UTC';
+SET client_min_messages = warning;
+\set SHOW_CONTEXT never
+INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES
+    ('rosa', 'tiny', '2026-01-01 00:00+00'),
+    ('sven', 'unlimited', '2026-01-01 00:00+00');
+INSERT INTO tally.learning_plans (learning_plan_id, user_id, title, total_sessions, created_at) VALUES
+    ('7a000000-0000-4000-8000-000000000002', 'rosa', 'Second plan', 4, '2026-02-01 00:00+00'),
+    ('7a000000-0000-4000-8000-000000000001', 'rosa', 'First plan', 6, '2026-01-01 00:00+00');
+
+-- A new session: created, stored as sent (status completed, completed_at filled in),
+-- and the usage read after the write already counts it.
+SELECT r->'created' AS created,
+       r->'session'->>'session_id' AS session_id,
+       r->'session'->>'status' AS status,
+       (r->'session'->>'completed_at') IS NOT NULL AS has_completed_at,
+       r->'usage'->'practice_sessions' AS practice,
+       r->'usage'->'assessments' AS assessments
+FROM tally.record_session('rosa', 'learning_plan', '7b000000-0000-4000-8000-000000000001',
+                          '7a000000-0000-4000-8000-000000000001') AS r;
+SELECT public.consistent();
+
+-- The same id again: not created, the stored session comes back, counted once.
+SELECT r->'created' AS created, r->'session'->>'kind' AS kind, r->'usage'->'practice_sessions' AS practice
+FROM tally.record_session('rosa', 'learning_plan', '7b000000-0000-4000-8000-000000000001',
+                          '7a000000-0000-4000-8000-000000000001') AS r;
+-- The same id with other content: also not created and nothing changes; the stored
+-- session is returned so that the caller can see it differs (the API answers 409).
+SELECT r->'created' AS created, r->'session'->>'kind' AS stored_kind, r->'usage'->'assessments' AS assessments
+FROM tally.record_session('rosa', 'assessment', '7b000000-0000-4000-8000-000000000001') AS r;
+SELECT count(*) AS rosa_sessions FROM tally.sessions WHERE user_id = 'rosa';
+SELECT public.consistent();
+
+-- Learning plans in the order they were created, with their progress.
+SELECT p->>'title' AS title, p->'completed_sessions' AS completed, p->'total_sessions' AS total
+FROM json_array_elements(tally.usage_document('rosa')->'learning_plans') AS p;
+
+-- A started session reserves a slot: remaining drops, used does not.
+SELECT r->'session'->>'status' AS status, r->'usage'->'practice_sessions' AS practice
+FROM tally.record_session(user_id => 'rosa', kind => 'practice', status => 'started') AS r;
+
+-- The tiny plan allows 3: one used, one reserved, one left; the next completed one
+-- fits, the one after is refused (TL001) and leaves nothing behind.
+SELECT r->'usage'->'practice_sessions' AS practice FROM tally.record_session('rosa', 'practice') AS r;
+-- (The message names this month's period, so only the SQLSTATE is shown here.)
+\set VERBOSITY sqlstate
+SELECT tally.record_session('rosa', 'practice', '7b000000-0000-4000-8000-000000000009');
+\set VERBOSITY default
+SELECT count(*) AS refused_rows FROM tally.sessions WHERE session_id = '7b000000-0000-4000-8000-000000000009';
+SELECT public.consistent();
+
+-- Bad input is refused by the same rules as any INSERT, with nothing written.
+SELECT tally.record_session('nobody', 'practice');
+SELECT tally.record_session('sven', 'no_such_kind');
+\set VERBOSITY terse
+SELECT tally.record_session('sven', 'practice', duration_seconds => -5);
+\set VERBOSITY default
+SELECT tally.record_session('sven', 'learning_plan', learning_plan_id => '7a000000-0000-4000-8000-000000000001');
+SELECT count(*) AS sven_sessions FROM tally.sessions WHERE user_id = 'sven';
+
+-- An unlimited plan reports null limits and remaining.
+SELECT r->'usage'->'practice_sessions' AS practice FROM tally.record_session('sven', 'practice') AS r;
+
+-- The document agrees with tally.current_usage for every subscription.
+SELECT count(*) AS subscriptions,
+       count(*) FILTER (WHERE (d->>'plan_id') = cu.plan_id
+                          AND (d->>'period_start')::timestamptz = cu.period_start
+                          AND (d->>'period_end')::timestamptz = cu.period_end
+                          AND (d->'practice_sessions'->>'used')::int = cu.practice_sessions_used
+                          AND (d->'practice_sessions'->>'limit')::int IS NOT DISTINCT FROM cu.practice_sessions_limit
+                          AND (d->'practice_sessions'->>'remaining')::int IS NOT DISTINCT FROM cu.practice_sessions_remaining
+                          AND (d->'assessments'->>'used')::int = cu.assessments_used
+                          AND (d->'assessments'->>'limit')::int IS NOT DISTINCT FROM cu.assessments_limit
+                          AND (d->'assessments'->>'remaining')::int IS NOT DISTINCT FROM cu.assessments_remaining
+                          AND json_array_length(d->'learning_plans') =
+                              (SELECT count(*) FROM tally.learning_plans lp WHERE lp.user_id = cu.user_id)) AS agreeing
+FROM tally.current_usage cu, LATERAL tally.usage_document(cu.user_id) AS d;
+SELECT tally.usage_document('nobody') IS NULL AS no_subscription;
+
+-- Key lookups stay key lookups: with statistics that call the tables tiny, the
+-- cached plans must still not scan the tables that grow with use. (Counted as a
+-- difference inside one transaction: the view also holds not yet flushed counts.)
+ANALYZE tally.sessions, tally.usage, tally.learning_plans;
+BEGIN;
+CREATE TEMP TABLE scans_before ON COMMIT DROP AS
+SELECT relid, seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = 'tally';
+SELECT count(tally.record_session('sven', 'practice')) AS recorded FROM generate_series(1, 12);
+SELECT count(tally.usage_document('sven')) AS read FROM generate_series(1, 12);
+SELECT s.relname, s.seq_scan - b.seq_scan AS seq_scans
+FROM pg_stat_xact_user_tables s JOIN scans_before b USING (relid)
+WHERE s.relname IN ('sessions', 'usage', 'learning_plans')
+ORDER BY s.relname;
+COMMIT;
+SELECT public.consistent();
