@@ -2,37 +2,42 @@
 //! sessions and read counters, through prepared statements cached per connection.
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::model::{
-    Counter, LearningPlanProgress, NewSession, Session, SessionUpdate, Usage, SESSION_COLUMNS,
-};
+use crate::model::{NewSession, Session, SessionUpdate, Usage, SESSION_COLUMNS};
 
-/// Inserts the session unless its id exists; None when it did.
-pub async fn insert_session(
+/// What `tally.record_session` did: whether it inserted, the stored session and the
+/// user's usage read after the write.
+#[derive(serde::Deserialize)]
+pub struct Recorded {
+    pub created: bool,
+    pub session: Session,
+    pub usage: Usage,
+}
+
+/// Inserts the session unless its id exists and reads the counters, in one call to
+/// the extension (one round trip). None when the id existed but the row is gone.
+pub async fn record_session(
     client: &impl GenericClient,
     request: &NewSession,
     user_id: &str,
-) -> Result<Option<Session>, tokio_postgres::Error> {
-    let sql = format!(
-        "INSERT INTO tally.sessions (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
-         VALUES (coalesce($1, gen_random_uuid()), $2, $3, $4, $5, coalesce($6, now()), $7, $8)
-         ON CONFLICT (session_id) DO NOTHING
-         RETURNING {SESSION_COLUMNS}"
-    );
-    let statement = client.prepare_cached(&sql).await?;
+) -> Result<Option<Recorded>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT tally.record_session($1, $2, $3, $4, $5, $6, $7, $8)")
+        .await?;
     let status = request
         .status
         .unwrap_or(crate::model::NewStatus::Completed)
         .as_str();
     let row = client
-        .query_opt(
+        .query_one(
             &statement,
             &[
-                &request.session_id,
                 &user_id,
                 &request.kind,
+                &request.session_id,
                 &request.learning_plan_id,
                 &status,
                 &request.started_at,
@@ -41,7 +46,9 @@ pub async fn insert_session(
             ],
         )
         .await?;
-    Ok(row.as_ref().map(Session::from))
+    Ok(row
+        .get::<_, Option<Json<Recorded>>>(0)
+        .map(|recorded| recorded.0))
 }
 
 pub async fn find_session(
@@ -93,45 +100,16 @@ pub async fn finish_session(
     Ok(row.as_ref().map(Session::from))
 }
 
-/// The user's counters for the current period and learning plans, in one query.
+/// The user's counters for the current period and learning plans, as the extension
+/// builds them (the same document `tally.record_session` returns).
 pub async fn usage(client: &impl GenericClient, user_id: &str) -> Result<Usage, ApiError> {
     let statement = client
-        .prepare_cached(
-            "SELECT cu.user_id, cu.plan_id, cu.period_start, cu.period_end,
-                    cu.practice_sessions_used, cu.practice_sessions_limit, cu.practice_sessions_remaining,
-                    cu.assessments_used, cu.assessments_limit, cu.assessments_remaining,
-                    coalesce((SELECT json_agg(json_build_object(
-                                        'learning_plan_id', lp.learning_plan_id, 'title', lp.title,
-                                        'completed_sessions', lp.completed_sessions, 'total_sessions', lp.total_sessions)
-                                      ORDER BY lp.created_at, lp.learning_plan_id)
-                                FROM tally.learning_plans lp WHERE lp.user_id = cu.user_id), '[]'::json)
-               FROM tally.current_usage cu WHERE cu.user_id = $1",
-        )
+        .prepare_cached("SELECT tally.usage_document($1)")
         .await?;
-    let row = client
-        .query_opt(&statement, &[&user_id])
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no subscription for user {user_id:?}")))?;
-    let plans: serde_json::Value = row.get(10);
-    let learning_plans: Vec<LearningPlanProgress> = serde_json::from_value(plans)
-        .map_err(|e| ApiError::Internal(format!("learning plans: {e}")))?;
-    Ok(Usage {
-        user_id: row.get(0),
-        plan_id: row.get(1),
-        period_start: row.get(2),
-        period_end: row.get(3),
-        practice_sessions: Counter {
-            used: row.get(4),
-            limit: row.get(5),
-            remaining: row.get(6),
-        },
-        assessments: Counter {
-            used: row.get(7),
-            limit: row.get(8),
-            remaining: row.get(9),
-        },
-        learning_plans,
-    })
+    let row = client.query_one(&statement, &[&user_id]).await?;
+    row.get::<_, Option<Json<Usage>>>(0)
+        .map(|usage| usage.0)
+        .ok_or_else(|| ApiError::NotFound(format!("no subscription for user {user_id:?}")))
 }
 
 /// True when the database answers and has the extension.

@@ -67,7 +67,8 @@ pub struct SessionUpdate {
     pub duration_seconds: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A session as stored. Read from rows, and from the JSON `tally.record_session` returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Session {
     pub session_id: Uuid,
     pub user_id: String,
@@ -123,7 +124,7 @@ impl Session {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Counter {
     pub used: i32,
     /// null when the plan is unlimited
@@ -140,8 +141,9 @@ pub struct LearningPlanProgress {
     pub total_sessions: Option<i32>,
 }
 
-/// A user's usage in the billing period that contains now.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A user's usage in the billing period that contains now: the JSON document of the
+/// view `tally.current_usage_document`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub user_id: String,
     pub plan_id: String,

@@ -78,29 +78,23 @@ pub async fn create_session(
         .unwrap_or_else(|| caller.0.sub.clone());
     caller.may_act_for(&user_id)?;
     let client = state.pool.get().await?;
-    // One statement, committed on its own: the counters move in the same transaction
-    // as the row, inside the database.
-    let inserted = with_retries(|| db::insert_session(&client, &request, &user_id)).await?;
-    let (created, session) = match inserted {
-        Some(session) => (true, session),
-        None => {
-            let id = request
-                .session_id
-                .expect("a conflict needs an explicit session_id");
-            let existing = db::find_session(&client, id).await?.ok_or_else(|| {
-                ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
-            })?;
-            if !existing.matches(&request, &user_id) {
-                return Err(ApiError::Conflict(format!(
-                    "session {id} already exists with other content"
-                )));
-            }
-            (false, existing)
-        }
-    };
+    // One call, committed on its own: the counters move in the same transaction as
+    // the row, inside the database, and come back with it.
+    let recorded = with_retries(|| db::record_session(&client, &request, &user_id))
+        .await?
+        .ok_or_else(|| {
+            ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
+        })?;
+    if !recorded.created && !recorded.session.matches(&request, &user_id) {
+        return Err(ApiError::Conflict(format!(
+            "session {} already exists with other content",
+            recorded.session.session_id
+        )));
+    }
+    let created = recorded.created;
     let body = SessionWithUsage {
-        usage: db::usage(&client, &user_id).await?,
-        session,
+        session: recorded.session,
+        usage: recorded.usage,
     };
     if created {
         let location = format!("/v1/sessions/{}", body.session.session_id);

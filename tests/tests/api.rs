@@ -171,6 +171,10 @@ async fn sessions_usage_and_every_error_code() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(usage["plan_id"], "fluency_builder");
+    assert_eq!(
+        usage, body["usage"],
+        "POST returns the usage document GET returns"
+    );
     for key in [
         "user_id",
         "period_start",
@@ -311,6 +315,23 @@ async fn sessions_usage_and_every_error_code() {
         (status, conflict["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("conflict"))
     );
+    // Another user's session id is a conflict too, and shows nothing of theirs.
+    let jonas_id = Uuid::new_v4();
+    let (status, _) = api
+        .post(
+            &service,
+            json!({"session_id": jonas_id, "user_id": "jonas", "kind": "practice"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, conflict) = api
+        .post(&kamile, json!({"session_id": jonas_id, "kind": "practice"}))
+        .await;
+    assert_eq!(
+        (status, conflict["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    assert!(conflict.get("usage").is_none() && conflict.get("session").is_none());
 
     // Bad input: 400 for malformed requests, 422 for what the rules refuse.
     let raw = |body: &'static str| {
