@@ -95,6 +95,17 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// Counts requests and records latency by route template and status.
+/// Folds recorded histogram samples into their buckets every few seconds. The
+/// recorder does this only when /metrics is rendered; without it, an API nobody
+/// scrapes would keep every latency sample in memory.
+pub async fn metrics_upkeep() {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        prometheus().run_upkeep();
+    }
+}
+
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()

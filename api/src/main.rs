@@ -39,6 +39,7 @@ async fn serve(args: ServeArgs) {
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .unwrap_or_else(|e| fail(&format!("cannot listen on {} (TALLY_BIND): {e}", args.bind)));
+    tokio::spawn(tally_api::health::metrics_upkeep());
     tracing::info!(address = %args.bind, "tally-api listening");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
