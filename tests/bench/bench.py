@@ -14,7 +14,8 @@ Workloads (select with BENCH_ONLY=single,durable,bulk,hot,http; rounds with BENC
           no trigger, PL/pgSQL row trigger, PL/pgSQL statement trigger, tally
   hot     32 clients inserting for one user: tally vs no trigger, throughput and p99
   http    POST /v1/sessions and GET usage with wrk at 8 and 32 connections, next to
-          pgbench sending the same inserts straight to PostgreSQL; API peak RSS
+          pgbench sending the same inserts straight to PostgreSQL, and the call the API
+          makes per POST (tally.record_session); API peak RSS
 """
 
 import json
@@ -291,20 +292,39 @@ def hot():
 
 # ---------------------------------------------------------------- http ----
 
+# Requests are built once per wrk thread (1,000 users drawn at random, cycled), so
+# that the load generator spends its CPU on sending, not on Lua string building.
 WRK_POST = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {token}"
+local requests, n = {{}}, 0
+init = function(args)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer {token}"
+  for i = 1, 1000 do
+    requests[i] = wrk.format(nil, "/v1/sessions", nil, '{{"kind":"practice","user_id":"u' .. math.random(1, {users}) .. '"}}')
+  end
+end
 request = function()
-  return wrk.format(nil, "/v1/sessions", nil, '{{"kind":"practice","user_id":"u' .. math.random(1, {users}) .. '"}}')
+  n = n % 1000 + 1
+  return requests[n]
 end
 """
 WRK_GET = """
-wrk.headers["Authorization"] = "Bearer {token}"
+local requests, n = {{}}, 0
+init = function(args)
+  wrk.headers["Authorization"] = "Bearer {token}"
+  for i = 1, 1000 do
+    requests[i] = wrk.format("GET", "/v1/users/u" .. math.random(1, {users}) .. "/usage")
+  end
+end
 request = function()
-  return wrk.format("GET", "/v1/users/u" .. math.random(1, {users}) .. "/usage")
+  n = n % 1000 + 1
+  return requests[n]
 end
 """
+# What the API sends for each POST, sent straight: the insert and the usage read
+# after it, in one call.
+RECORD_ONE = "\\set uid random(1, {users})\nSELECT tally.record_session('u' || :uid, 'practice', NULL, NULL, 'completed', NULL, NULL, NULL);\n"
 
 
 def wrk(script_text, connections):
@@ -341,9 +361,11 @@ def http():
                 post = wrk(WRK_POST.format(token=token, users=USERS), connections)
                 get = wrk(WRK_GET.format(token=token, users=USERS), connections)
                 direct = pgbench(single_script("tally"), connections, DURATION)
-                measured.setdefault(connections, []).append((post, get, direct))
+                record = pgbench(RECORD_ONE.format(users=USERS), connections, DURATION)
+                measured.setdefault(connections, []).append((post, get, direct, record))
                 log(f"  http round {round_no + 1} c={connections:>2} POST {post[0]:7.0f} rps p99 {post[1]:6.2f} ms | "
-                    f"GET {get[0]:7.0f} rps p99 {get[1]:6.2f} ms | pgbench direct {direct:7.0f} tps")
+                    f"GET {get[0]:7.0f} rps p99 {get[1]:6.2f} ms | pgbench INSERT {direct:7.0f} tps | "
+                    f"pgbench record_session {record:7.0f} tps")
         rss_kib = int(re.search(r"VmHWM:\s+(\d+) kB", pathlib.Path(f"/proc/{api.pid}/status").read_text()).group(1))
     finally:
         api.terminate()
@@ -353,9 +375,11 @@ def http():
     for connections, runs in measured.items():
         post_rps = median([r[0][0] for r in runs])
         direct = median([r[2] for r in runs])
+        record = median([r[3] for r in runs])
         report.append({"connections": connections, "post_rps": round(post_rps), "post_p99_ms": round(median([r[0][1] for r in runs]), 2),
                        "get_rps": round(median([r[1][0] for r in runs])), "get_p99_ms": round(median([r[1][1] for r in runs]), 2),
-                       "pgbench_direct_tps": round(direct), "post_vs_direct": round(post_rps / direct, 2)})
+                       "pgbench_direct_tps": round(direct), "post_vs_direct": round(post_rps / direct, 2),
+                       "pgbench_record_tps": round(record), "post_vs_record": round(post_rps / record, 2)})
     results["http"] = {"runs": report, "api_peak_rss_mib": round(rss_kib / 1024, 1)}
 
 
@@ -394,12 +418,15 @@ def markdown(results):
             out.append(f"| {r['variant'].replace('plain', 'no trigger')} | {r['median_tps']:,} | {r['median_p99_ms']} | {r['vs_no_trigger']:.2f}x |")
         out.append("")
     if "http" in results:
-        out += ["HTTP (wrk, 2 threads) next to pgbench sending the same inserts straight to PostgreSQL:", "",
-                "| connections | POST rps | POST p99 ms | GET usage rps | GET p99 ms | pgbench direct tps | POST / direct |",
-                "|---|---|---|---|---|---|---|"]
+        out += ["HTTP (wrk, 2 threads) next to pgbench sending the same inserts straight to PostgreSQL, and the same",
+                "call the API makes (insert and usage read, `tally.record_session`):", "",
+                "| connections | POST rps | POST p99 ms | GET usage rps | GET p99 ms | pgbench INSERT tps | POST / INSERT "
+                "| pgbench record_session tps | POST / record_session |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for r in results["http"]["runs"]:
             out.append(f"| {r['connections']} | {r['post_rps']:,} | {r['post_p99_ms']} | {r['get_rps']:,} | {r['get_p99_ms']} | "
-                       f"{r['pgbench_direct_tps']:,} | {r['post_vs_direct']:.2f}x |")
+                       f"{r['pgbench_direct_tps']:,} | {r['post_vs_direct']:.2f}x | "
+                       f"{r.get('pgbench_record_tps', 0):,} | {r.get('post_vs_record', 0):.2f}x |")
         out += ["", f"API peak RSS: {results['http']['api_peak_rss_mib']} MiB.", ""]
     return "\n".join(out)
 
