@@ -31,6 +31,14 @@ if [ -z "${DATABASE_URL:-}" ]; then
     started_cluster=yes
     psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tally'" | grep -q 1 \
         || psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -c "CREATE DATABASE tally"
+    # The demo database of an earlier build may predate functions the API calls:
+    # it holds only demo data, so start it over.
+    if [ "$(psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d tally -tAc \
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally')
+                    AND to_regprocedure('tally.usage_document(text)') IS NULL")" = t ]; then
+        echo "The demo database predates this build; recreating it." >&2
+        psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -c "DROP DATABASE tally" -c "CREATE DATABASE tally"
+    fi
     export DATABASE_URL="postgres://postgres@127.0.0.1:$RUN_PORT/tally"
 fi
 

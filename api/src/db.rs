@@ -112,13 +112,26 @@ pub async fn usage(client: &impl GenericClient, user_id: &str) -> Result<Usage, 
         .ok_or_else(|| ApiError::NotFound(format!("no subscription for user {user_id:?}")))
 }
 
-/// True when the database answers and has the extension.
-pub async fn ready(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+/// What the database offers the API.
+pub enum Readiness {
+    Ready,
+    NoExtension,
+    /// The extension is there but older than the functions this API calls.
+    OutdatedExtension,
+}
+
+pub async fn ready(client: &impl GenericClient) -> Result<Readiness, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally')",
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally'),
+                    to_regprocedure('tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer)') IS NOT NULL
+                    AND to_regprocedure('tally.usage_document(text)') IS NOT NULL",
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(match (row.get(0), row.get(1)) {
+        (false, _) => Readiness::NoExtension,
+        (true, false) => Readiness::OutdatedExtension,
+        (true, true) => Readiness::Ready,
+    })
 }

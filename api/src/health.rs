@@ -44,9 +44,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
     let check = async {
         let client = state.pool.get().await?;
         match db::ready(&client).await? {
-            true => Ok(Json(Status { status: "ready" })),
-            false => Err(ApiError::Unavailable(
+            db::Readiness::Ready => Ok(Json(Status { status: "ready" })),
+            db::Readiness::NoExtension => Err(ApiError::Unavailable(
                 "the tally extension is not installed in this database".into(),
+            )),
+            db::Readiness::OutdatedExtension => Err(ApiError::Unavailable(
+                "the tally extension in this database predates this API (no tally.record_session); reinstall it from this build".into(),
             )),
         }
     };

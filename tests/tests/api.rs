@@ -654,8 +654,29 @@ async fn database_down_then_up() {
         .unwrap();
     let unready = Api::start("postgres://postgres@127.0.0.1:55439/no_tally").await;
     assert_eq!(
-        unready.send(get, "/readyz", None, None).await.0,
+        unready.send(get.clone(), "/readyz", None, None).await.0,
         StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Nor with an extension built before the functions it calls.
+    bare.batch_execute("CREATE DATABASE old_tally")
+        .await
+        .unwrap();
+    let old = connect("postgres://postgres@127.0.0.1:55439/old_tally").await;
+    old.batch_execute(
+        "CREATE EXTENSION tally;
+         ALTER EXTENSION tally DROP FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer);
+         DROP FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer);",
+    )
+    .await
+    .unwrap();
+    let outdated = Api::start("postgres://postgres@127.0.0.1:55439/old_tally").await;
+    let (status, body) = outdated.send(get, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("predates")),
+        "{body}"
     );
     cluster("stop");
 }
