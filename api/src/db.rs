@@ -120,6 +120,7 @@ pub enum Readiness {
     OutdatedExtension,
 }
 
+/// Whether the database has the extension, and one new enough for this API.
 pub async fn ready(client: &impl GenericClient) -> Result<Readiness, tokio_postgres::Error> {
     let row = client
         .query_one(

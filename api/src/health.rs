@@ -97,7 +97,6 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Counts requests and records latency by route template and status.
 /// Folds recorded histogram samples into their buckets every few seconds. The
 /// recorder does this only when /metrics is rendered; without it, an API nobody
 /// scrapes would keep every latency sample in memory.
@@ -109,6 +108,7 @@ pub async fn metrics_upkeep() {
     }
 }
 
+/// Counts requests and records latency by route template and status.
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()

@@ -80,22 +80,22 @@ pub async fn create_session(
     let client = state.pool.get().await?;
     // One call, committed on its own: the counters move in the same transaction as
     // the row, inside the database, and come back with it.
-    let recorded = with_retries(|| db::record_session(&client, &request, &user_id))
+    let db::Recorded {
+        created,
+        session,
+        usage,
+    } = with_retries(|| db::record_session(&client, &request, &user_id))
         .await?
         .ok_or_else(|| {
             ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
         })?;
-    if !recorded.created && !recorded.session.matches(&request, &user_id) {
+    if !created && !session.matches(&request, &user_id) {
         return Err(ApiError::Conflict(format!(
             "session {} already exists with other content",
-            recorded.session.session_id
+            session.session_id
         )));
     }
-    let created = recorded.created;
-    let body = SessionWithUsage {
-        session: recorded.session,
-        usage: recorded.usage,
-    };
+    let body = SessionWithUsage { session, usage };
     if created {
         let location = format!("/v1/sessions/{}", body.session.session_id);
         Ok((
