@@ -294,23 +294,23 @@ def hot():
 
 # Requests are built once per wrk thread (1,000 users drawn at random, cycled), so
 # that the load generator spends its CPU on sending, not on Lua string building.
-# Each thread draws its own users, as each pgbench client does.
-WRK_THREADS = """
+# Each thread draws its own users, as each pgbench client does. {prepare} sets the
+# thread's method and headers; {request} builds one request for `user`.
+WRK_SCRIPT = """
 local threads = 0
 setup = function(thread)
   threads = threads + 1
   thread:set("id", threads)
 end
-"""
-WRK_POST = WRK_THREADS + """
+
 local requests, n = {{}}, 0
 init = function(args)
   math.randomseed(id * 7919)
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer {token}"
+  {prepare}
   for i = 1, 1000 do
-    requests[i] = wrk.format(nil, "/v1/sessions", nil, '{{"kind":"practice","user_id":"u' .. math.random(1, {users}) .. '"}}')
+    local user = "u" .. math.random(1, {users})
+    requests[i] = {request}
   end
 end
 request = function()
@@ -318,20 +318,11 @@ request = function()
   return requests[n]
 end
 """
-WRK_GET = WRK_THREADS + """
-local requests, n = {{}}, 0
-init = function(args)
-  math.randomseed(id * 7919)
-  wrk.headers["Authorization"] = "Bearer {token}"
-  for i = 1, 1000 do
-    requests[i] = wrk.format("GET", "/v1/users/u" .. math.random(1, {users}) .. "/usage")
-  end
-end
-request = function()
-  n = n % 1000 + 1
-  return requests[n]
-end
-"""
+WRK_POST = {
+    "prepare": 'wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"',
+    "request": """wrk.format(nil, "/v1/sessions", nil, '{"kind":"practice","user_id":"' .. user .. '"}')""",
+}
+WRK_GET = {"prepare": "", "request": 'wrk.format("GET", "/v1/users/" .. user .. "/usage")'}
 # What the API sends for each POST, sent straight: the insert and the usage read
 # after it, in one call.
 RECORD_ONE = "\\set uid random(1, {users})\nSELECT tally.record_session('u' || :uid, 'practice', NULL, NULL, 'completed', NULL, NULL, NULL);\n"
@@ -370,8 +361,8 @@ def http():
         measured = {}
         for round_no in range(ROUNDS):
             for connections in (8, 32):
-                post = wrk(WRK_POST.format(token=token, users=USERS), connections)
-                get = wrk(WRK_GET.format(token=token, users=USERS), connections)
+                post = wrk(WRK_SCRIPT.format(token=token, users=USERS, **WRK_POST), connections)
+                get = wrk(WRK_SCRIPT.format(token=token, users=USERS, **WRK_GET), connections)
                 direct = pgbench(single_script("tally"), connections, DURATION)
                 record = pgbench(RECORD_ONE.format(users=USERS), connections, DURATION)
                 measured.setdefault(connections, []).append((post, get, direct, record))
