@@ -209,13 +209,24 @@ DECLARE
     stored tally.sessions;
     created boolean;
 BEGIN
-    INSERT INTO tally.sessions AS x
-           (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
-    VALUES (coalesce(record_session.session_id, gen_random_uuid()), record_session.user_id, record_session.kind,
-            record_session.learning_plan_id, record_session.status, coalesce(record_session.started_at, now()),
-            record_session.completed_at, record_session.duration_seconds)
-    ON CONFLICT ON CONSTRAINT sessions_pkey DO NOTHING
-    RETURNING x.* INTO stored;
+    IF record_session.session_id IS NULL THEN
+        -- A new id cannot conflict: a plain INSERT, without the speculative
+        -- insertion ON CONFLICT costs.
+        INSERT INTO tally.sessions AS x
+               (user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
+        VALUES (record_session.user_id, record_session.kind, record_session.learning_plan_id,
+                record_session.status, coalesce(record_session.started_at, now()),
+                record_session.completed_at, record_session.duration_seconds)
+        RETURNING x.* INTO stored;
+    ELSE
+        INSERT INTO tally.sessions AS x
+               (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
+        VALUES (record_session.session_id, record_session.user_id, record_session.kind,
+                record_session.learning_plan_id, record_session.status, coalesce(record_session.started_at, now()),
+                record_session.completed_at, record_session.duration_seconds)
+        ON CONFLICT ON CONSTRAINT sessions_pkey DO NOTHING
+        RETURNING x.* INTO stored;
+    END IF;
     created := FOUND;
     IF NOT created THEN
         -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
@@ -225,10 +236,10 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    -- A new statement: it sees the counters the INSERT's triggers just moved.
-    RETURN (SELECT json_build_object('created', created, 'session', row_to_json(stored), 'usage', d.document)
-              FROM tally.current_usage_document d
-             WHERE d.user_id = stored.user_id);
+    -- The usage after the write: built from what the INSERT's counting trigger saw
+    -- when that covers it, else read from tally.current_usage_document.
+    RETURN json_build_object('created', created, 'session', row_to_json(stored),
+                             'usage', tally.session_usage_document(stored.user_id, stored.session_id));
 END
 $fn$;
 COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer) IS

@@ -26,6 +26,54 @@ use crate::settings;
 
 thread_local! {
     static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    static LAST_COUNTED: RefCell<Option<Counted>> = const { RefCell::new(None) };
+}
+
+/// The counters the last single-row INSERT of this backend left behind, as its
+/// trigger saw them right after the write (it holds the usage row lock until commit).
+/// `tally.session_usage_document` builds the usage document from them instead of
+/// reading them again. Every counting statement replaces or clears it, any later
+/// write in the transaction makes it stale (`command_id`), and rolling back a
+/// subtransaction or ending the transaction forgets it.
+#[derive(Clone)]
+pub(crate) struct Counted {
+    /// The command counter right after the count: any later write advances it.
+    pub command_id: pg_sys::CommandId,
+    pub session_id: pgrx::Uuid,
+    pub user_id: String,
+    pub plan_id: String,
+    pub anchor: TimestampWithTimeZone,
+    pub period: Interval,
+    pub period_start: TimestampWithTimeZone,
+    pub period_end: TimestampWithTimeZone,
+    pub practice_used: i32,
+    pub assessments_used: i32,
+    pub practice_limit: Option<i32>,
+    pub assessments_limit: Option<i32>,
+    /// Reservations (practice, assessments), when the limit check counted them.
+    pub in_progress: Option<(i32, i32)>,
+}
+
+fn remember(counted: Option<Counted>) {
+    LAST_COUNTED.with(|last| *last.borrow_mut() = counted);
+}
+
+/// What the last counting statement left behind, if it was the single-row INSERT of
+/// `session_id` and nothing was written since. Taken, so it is used at most once.
+pub(crate) fn take_counted(session_id: pgrx::Uuid) -> Option<Counted> {
+    LAST_COUNTED
+        .with(|last| last.borrow_mut().take())
+        .filter(|counted| counted.session_id == session_id && counted.command_id == command_id())
+}
+
+fn command_id() -> pg_sys::CommandId {
+    // SAFETY: reads the backend's current command counter without marking it used.
+    unsafe { pg_sys::GetCurrentCommandId(false) }
+}
+
+/// Forgets what counting left behind (transaction end, subtransaction rollback).
+pub(crate) fn forget_counted() {
+    remember(None);
 }
 
 /// Runs `sql` through a plan prepared once per backend. The plan cache re-plans by
@@ -43,7 +91,7 @@ pub(crate) fn run_cached<'conn>(
             let plan = Rc::new(
                 client
                     .prepare_mut(sql, types)
-                    .unwrap_or_else(|e| panic!("tally: cannot prepare counting query: {e}"))
+                    .unwrap_or_else(|e| panic!("tally: cannot prepare query: {e}"))
                     .keep(),
             );
             PLANS.with(|plans| plans.borrow_mut().insert(sql, Rc::clone(&plan)));
@@ -52,7 +100,7 @@ pub(crate) fn run_cached<'conn>(
     };
     client
         .update(&*plan, None, args)
-        .unwrap_or_else(|e| panic!("tally: counting query failed: {e}"))
+        .unwrap_or_else(|e| panic!("tally: query failed: {e}"))
 }
 
 // Parameter types of the prepared statements.
@@ -119,15 +167,17 @@ WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
 ORDER BY up.user_id, up.period_start, c.counter
 "#;
 
-/// Started sessions still holding a reservation in one (user, counter, period). A
-/// separate statement so that its snapshot is taken after the usage row lock; scalar
-/// parameters so that its plan is prepared once.
+/// Started sessions still holding a reservation in one (user, period), per counter
+/// (practice, assessments): the same index range either way, and the usage document
+/// needs both. A separate statement so that its snapshot is taken after the usage row
+/// lock; scalar parameters so that its plan is prepared once.
 const RESERVATIONS_SQL: &str = r#"
-SELECT count(*)::int
+SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
+       count(*) FILTER (WHERE k.counter = 'assessments')::int
   FROM tally.sessions x
   JOIN tally.session_kinds k ON k.kind = x.kind
- WHERE x.user_id = $1 AND x.status = 'started' AND k.counter = $2
-   AND x.started_at >= $3 AND x.started_at < $4
+ WHERE x.user_id = $1 AND x.status = 'started'
+   AND x.started_at >= $2 AND x.started_at < $3
    AND x.started_at > now() - tally.reservation_timeout()
 "#;
 
@@ -149,7 +199,8 @@ macro_rules! one_row_sql {
     ($table:literal) => {
         concat!(
             "SELECT r.user_id, r.status, r.started_at, r.learning_plan_id, k.counter,
-                    s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
+                    s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit,
+                    r.session_id, s.plan_id
                FROM ",
             $table,
             " r
@@ -287,16 +338,36 @@ fn rows_in(table: *mut pg_sys::Tuplestorestate) -> i64 {
 fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     let _owner = AsExtensionOwner::for_trigger(trigger);
+    remember(None);
     let single = rows_in(trigger.trigger_data().tg_newtable) == 1;
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
-        let checks = if single {
+        if single {
             let row = one_row(client, NEW_ROW_SQL);
-            apply_one(client, None, row.as_ref())
+            let applied = apply_one(client, None, row.as_ref());
+            let in_progress = check_limits(client, &applied.checks)?;
+            if let (Some(facts), Some(usage)) = (row, applied.usage) {
+                remember(Some(Counted {
+                    command_id: command_id(),
+                    session_id: facts.session_id,
+                    user_id: facts.user_id,
+                    plan_id: facts.plan_id,
+                    anchor: facts.anchor,
+                    period: facts.period,
+                    period_start: usage.period_start,
+                    period_end: usage.period_end,
+                    practice_used: usage.practice_used,
+                    assessments_used: usage.assessments_used,
+                    practice_limit: facts.practice_limit,
+                    assessments_limit: facts.assessments_limit,
+                    in_progress,
+                }));
+            }
+            Ok(())
         } else {
-            insert_many(client)
-        };
-        check_limits(client, &checks)
+            let checks = insert_many(client);
+            check_limits(client, &checks).map(|_| ())
+        }
     })?;
     Ok(pg_sys::Datum::null())
 }
@@ -338,6 +409,22 @@ struct RowFacts {
     period: Interval,
     practice_limit: Option<i32>,
     assessments_limit: Option<i32>,
+    session_id: pgrx::Uuid,
+    plan_id: String,
+}
+
+/// The usage row of a session's period after an upsert.
+struct UsageAfter {
+    period_start: TimestampWithTimeZone,
+    period_end: TimestampWithTimeZone,
+    practice_used: i32,
+    assessments_used: i32,
+}
+
+/// What applying one row did: the limit check it needs, and the usage row it raised.
+struct Applied {
+    checks: Vec<LimitCheck>,
+    usage: Option<UsageAfter>,
 }
 
 impl RowFacts {
@@ -383,19 +470,23 @@ fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
             period: get(&row, 7),
             practice_limit: get_nullable(&row, 8),
             assessments_limit: get_nullable(&row, 9),
+            session_id: get(&row, 10),
+            plan_id: get(&row, 11),
         })
 }
 
 /// Applies the change of one session row from `old` to `new` (either may be absent:
 /// an INSERT has no old row, a DELETE no new one, and a row whose subscription is
-/// being deleted has neither). Returns the limit check an inserted row needs.
+/// being deleted has neither). Returns the limit check an inserted row needs and the
+/// usage row it raised.
 fn apply_one(
     client: &mut SpiClient<'_>,
     old: Option<&RowFacts>,
     new: Option<&RowFacts>,
-) -> Vec<LimitCheck> {
+) -> Applied {
     let counted = |row: Option<&RowFacts>| row.filter(|r| r.completed()).map_or(0, |_| 1);
     let mut checks = Vec::new();
+    let mut usage = None;
 
     // user_id, kind and started_at never change, so both rows share one usage row.
     if let Some(facts) = new.or(old).filter(|r| r.metered()) {
@@ -418,11 +509,18 @@ fn apply_one(
                 ],
             );
             let row = rows.next().expect("an upsert returns its row");
-            let used: i32 = if facts.counter == "practice_sessions" {
-                get(&row, 1)
+            let (practice_used, assessments_used): (i32, i32) = (get(&row, 1), get(&row, 2));
+            let used = if facts.counter == "practice_sessions" {
+                practice_used
             } else {
-                get(&row, 2)
+                assessments_used
             };
+            usage = Some(UsageAfter {
+                period_start: start,
+                period_end: end,
+                practice_used,
+                assessments_used,
+            });
             if let (true, Some(limit)) = (reserves && settings::enforce_limits(), facts.limit()) {
                 checks.push(LimitCheck {
                     user_id: facts.user_id.clone(),
@@ -468,7 +566,7 @@ fn apply_one(
             &[plan.into(), delta.into()],
         );
     }
-    checks
+    Applied { checks, usage }
 }
 
 /// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
@@ -476,10 +574,10 @@ fn apply_one(
 /// The reservation count is a lookup in a partial index. Its plan is cached for the
 /// life of the connection, and a plan made while tally.sessions is empty (a fresh
 /// install, a test) would otherwise be a sequential scan kept as the table grows.
-struct IndexOnlyPlanning(std::os::raw::c_int);
+pub(crate) struct IndexOnlyPlanning(std::os::raw::c_int);
 
 impl IndexOnlyPlanning {
-    fn begin() -> Self {
+    pub(crate) fn begin() -> Self {
         // SAFETY: a local GUC change inside a nest level, as a function's SET clause does.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
@@ -506,24 +604,37 @@ impl Drop for IndexOnlyPlanning {
 }
 
 /// Refuses the statement if any (user, period, counter) it added to is now past its
-/// limit once reservations are counted.
-fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResult<()> {
+/// limit once reservations are counted. For a single check, returns the reservations
+/// it counted in that user's period: (practice, assessments).
+fn check_limits(
+    client: &mut SpiClient<'_>,
+    checks: &[LimitCheck],
+) -> TallyResult<Option<(i32, i32)>> {
     let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
+    let mut both = None;
     let in_progress: Vec<i32> = match checks {
         [] => Vec::new(),
-        [check] => run_cached(
-            client,
-            RESERVATIONS_SQL,
-            &[TEXT, TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
-            &[
-                check.user_id.clone().into(),
-                check.counter.clone().into(),
-                check.period_start.into(),
-                check.period_end.into(),
-            ],
-        )
-        .map(|row| get(&row, 1))
-        .collect(),
+        [check] => {
+            let row = run_cached(
+                client,
+                RESERVATIONS_SQL,
+                &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+                &[
+                    check.user_id.clone().into(),
+                    check.period_start.into(),
+                    check.period_end.into(),
+                ],
+            )
+            .next()
+            .expect("a count returns a row");
+            let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
+            both = Some((practice, assessments));
+            vec![if check.counter == "practice_sessions" {
+                practice
+            } else {
+                assessments
+            }]
+        }
         many => {
             let users: Vec<String> = many.iter().map(|c| c.user_id.clone()).collect();
             let counters: Vec<String> = many.iter().map(|c| c.counter.clone()).collect();
@@ -544,7 +655,7 @@ fn check_limits(client: &mut SpiClient<'_>, checks: &[LimitCheck]) -> TallyResul
             return Err(quota_exceeded(check, in_progress));
         }
     }
-    Ok(())
+    Ok(both)
 }
 
 fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
@@ -610,6 +721,7 @@ fn apply_delta(
 ) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     let _owner = AsExtensionOwner::for_trigger(trigger);
+    remember(None);
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
         match single {

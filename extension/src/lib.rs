@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod counting;
+mod document;
 mod errors;
 mod guards;
 mod internal;
@@ -51,6 +52,22 @@ unsafe extern "C-unwind" fn on_transaction_event(
     {
         internal::reset();
     }
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
+    {
+        counting::forget_counted();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        counting::forget_counted();
+    }
 }
 
 #[pg_guard]
@@ -58,6 +75,8 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     // SAFETY: registers a callback that lives as long as the library.
     unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+    // SAFETY: as above.
+    unsafe { pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut()) };
     // Reserve the prefix so a typo such as tally.enforce_limit is an error, not a new setting.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
 }

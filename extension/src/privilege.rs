@@ -26,6 +26,19 @@ impl AsExtensionOwner {
         Self::switch_to(owner)
     }
 
+    /// Switches to the owner of a relation (a view's owner, for what the view reads).
+    pub fn of_relation(relation: pg_sys::Oid) -> Self {
+        // SAFETY: the relation cache entry is held only while its owner is read.
+        let owner = unsafe {
+            let rel = pg_sys::RelationIdGetRelation(relation);
+            assert!(!rel.is_null(), "tally: relation {relation:?} is gone");
+            let owner = (*(*rel).rd_rel).relowner;
+            pg_sys::RelationClose(rel);
+            owner
+        };
+        Self::switch_to(owner)
+    }
+
     fn switch_to(owner: pg_sys::Oid) -> Self {
         let mut saved_user = pg_sys::Oid::INVALID;
         let mut saved_context: c_int = 0;

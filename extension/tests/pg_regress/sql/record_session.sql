@@ -80,6 +80,89 @@ SELECT count(*) AS subscriptions,
 FROM tally.current_usage cu, LATERAL tally.usage_document(cu.user_id) AS d;
 SELECT tally.usage_document('nobody') IS NULL AS no_subscription;
 
+-- After a write, the usage document is built from what the INSERT's counting
+-- trigger saw when that covers it, and read from tally.current_usage_document
+-- otherwise. Either way it is the document tally.usage_document reads afterwards,
+-- to the character. Which way was taken shows in the lookups of the subscription
+-- during the call: the foreign key check and the counting trigger make one each,
+-- reading the view makes a third. (pg_stat_xact_user_tables counts within the call.)
+INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit, assessments_limit) VALUES
+    ('half', 'Half limited', 30, NULL);
+-- (Kind 'warmup', counting nothing, comes from write_paths.sql.)
+INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES
+    ('tomas', 'fluency_builder', '2026-01-01 00:00+00'),
+    ('uma', 'half', '2026-01-01 00:00+00');
+INSERT INTO tally.learning_plans (learning_plan_id, user_id, title, total_sessions) VALUES
+    ('7a000000-0000-4000-8000-000000000003', 'tomas', 'Travel', 10);
+CREATE FUNCTION pg_temp.record(u text, k text, st text DEFAULT 'completed', started timestamptz DEFAULT NULL,
+                               id uuid DEFAULT NULL, plan uuid DEFAULT NULL)
+RETURNS TABLE (created boolean, same_as_read boolean, subscription_lookups bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    lookups_before bigint;
+    lookups_after bigint;
+    r json;
+BEGIN
+    SELECT idx_scan + seq_scan INTO lookups_before FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    r := tally.record_session(u, k, id, plan, st, started);
+    SELECT idx_scan + seq_scan INTO lookups_after FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    RETURN QUERY SELECT (r->>'created')::boolean, (r->'usage')::text = tally.usage_document(u)::text,
+                        lookups_after - lookups_before;
+END
+$$;
+-- From the trigger's figures: completed and started sessions of either counter
+-- under limits (the limit check counted the reservations), in a learning plan.
+SELECT 'completed practice' AS "case", * FROM pg_temp.record('tomas', 'practice', id => '7b000000-0000-4000-8000-000000000010')
+UNION ALL SELECT 'started practice', * FROM pg_temp.record('tomas', 'practice', 'started')
+UNION ALL SELECT 'completed assessment', * FROM pg_temp.record('tomas', 'assessment')
+UNION ALL SELECT 'started assessment', * FROM pg_temp.record('tomas', 'assessment', 'started')
+UNION ALL SELECT 'in a learning plan', * FROM pg_temp.record('tomas', 'learning_plan', plan => '7a000000-0000-4000-8000-000000000003')
+UNION ALL SELECT 'no limits to report', * FROM pg_temp.record('ana', 'practice')
+UNION ALL SELECT 'the limited counter', * FROM pg_temp.record('uma', 'practice');
+-- Read from the view: a retry (nothing inserted), a session of an earlier period,
+-- a kind that counts nothing, limits not enforced (no reservations counted), and an
+-- unlimited counter on a plan whose other counter is limited.
+SELECT 'retry' AS "case", * FROM pg_temp.record('tomas', 'practice', id => '7b000000-0000-4000-8000-000000000010')
+UNION ALL SELECT 'earlier period', * FROM pg_temp.record('tomas', 'practice', started => now() - interval '40 days')
+UNION ALL SELECT 'counts nothing', * FROM pg_temp.record('tomas', 'warmup');
+SET tally.enforce_limits = off;
+SELECT 'limits off' AS "case", * FROM pg_temp.record('tomas', 'practice');
+RESET tally.enforce_limits;
+SELECT 'unlimited counter' AS "case", * FROM pg_temp.record('uma', 'assessment');
+-- The trigger's figures describe the moment after its INSERT: any later write in
+-- the transaction, or rolling the INSERT back to a savepoint, sends the next reader
+-- to the view (no lookup of the subscription for the figures, one for the view).
+CREATE FUNCTION pg_temp.document_after(u text, id uuid)
+RETURNS TABLE (same_as_read boolean, subscription_lookups bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    lookups_before bigint;
+    lookups_after bigint;
+    d json;
+BEGIN
+    SELECT idx_scan + seq_scan INTO lookups_before FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    d := tally.session_usage_document(u, id);
+    SELECT idx_scan + seq_scan INTO lookups_after FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    RETURN QUERY SELECT d::text = tally.usage_document(u)::text, lookups_after - lookups_before;
+END
+$$;
+BEGIN;
+INSERT INTO tally.sessions (session_id, user_id, kind) VALUES ('7b000000-0000-4000-8000-000000000011', 'uma', 'practice');
+SELECT 'right after' AS "case", * FROM pg_temp.document_after('uma', '7b000000-0000-4000-8000-000000000011');
+INSERT INTO tally.sessions (session_id, user_id, kind) VALUES ('7b000000-0000-4000-8000-000000000012', 'uma', 'practice');
+UPDATE tally.plans SET practice_sessions_limit = 40 WHERE plan_id = 'half';
+SELECT 'after a later write' AS "case", * FROM pg_temp.document_after('uma', '7b000000-0000-4000-8000-000000000012');
+SAVEPOINT before_insert;
+INSERT INTO tally.sessions (session_id, user_id, kind) VALUES ('7b000000-0000-4000-8000-000000000013', 'uma', 'practice');
+ROLLBACK TO SAVEPOINT before_insert;
+SELECT 'after a rollback' AS "case", * FROM pg_temp.document_after('uma', '7b000000-0000-4000-8000-000000000013');
+ROLLBACK;
+
+-- And what they counted, against the recount.
+SELECT d->'practice_sessions' AS practice, d->'assessments' AS assessments, d->'learning_plans'->0->'completed_sessions' AS travel_done
+FROM tally.usage_document('tomas') AS d;
+SELECT public.consistent();
+
 -- Key lookups stay key lookups: with statistics that call the tables tiny, the
 -- cached plans must still not scan the tables that grow with use. (Counted as a
 -- difference inside one transaction: the view also holds not yet flushed counts.)
