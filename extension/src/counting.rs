@@ -35,7 +35,6 @@ thread_local! {
 /// reading them again. Every counting statement replaces or clears it, any later
 /// write in the transaction makes it stale (`command_id`), and rolling back a
 /// subtransaction or ending the transaction forgets it.
-#[derive(Clone)]
 pub(crate) struct Counted {
     /// The command counter right after the count: any later write advances it.
     pub command_id: pg_sys::CommandId,
@@ -104,11 +103,11 @@ pub(crate) fn run_cached<'conn>(
 }
 
 // Parameter types of the prepared statements.
-const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub(crate) const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
-const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+pub(crate) const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
-const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+pub(crate) const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
 const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 

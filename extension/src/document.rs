@@ -9,15 +9,13 @@
 //! `record_session.sql` checks case by case.
 
 use pgrx::datum::JsonString;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgBuiltInOids, PgOid};
 
-use crate::counting::{run_cached, take_counted, Counted, IndexOnlyPlanning};
+use crate::counting::{
+    run_cached, take_counted, Counted, IndexOnlyPlanning, INT4, TEXT, TIMESTAMPTZ,
+};
 use crate::privilege::AsExtensionOwner;
-
-const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 
 /// The view's document, from figures already known. Same keys, types and order as
 /// `tally.current_usage_document`. Runs as the view's owner with a search path of

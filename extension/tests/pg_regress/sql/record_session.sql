@@ -94,6 +94,8 @@ INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES
     ('uma', 'half', '2026-01-01 00:00+00');
 INSERT INTO tally.learning_plans (learning_plan_id, user_id, title, total_sessions) VALUES
     ('7a000000-0000-4000-8000-000000000003', 'tomas', 'Travel', 10);
+CREATE FUNCTION pg_temp.subscription_lookups() RETURNS bigint LANGUAGE sql AS
+$$ SELECT idx_scan + seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass $$;
 CREATE FUNCTION pg_temp.record(u text, k text, st text DEFAULT 'completed', started timestamptz DEFAULT NULL,
                                id uuid DEFAULT NULL, plan uuid DEFAULT NULL)
 RETURNS TABLE (created boolean, same_as_read boolean, subscription_lookups bigint)
@@ -103,9 +105,9 @@ DECLARE
     lookups_after bigint;
     r json;
 BEGIN
-    SELECT idx_scan + seq_scan INTO lookups_before FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    lookups_before := pg_temp.subscription_lookups();
     r := tally.record_session(u, k, id, plan, st, started);
-    SELECT idx_scan + seq_scan INTO lookups_after FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    lookups_after := pg_temp.subscription_lookups();
     RETURN QUERY SELECT (r->>'created')::boolean, (r->'usage')::text = tally.usage_document(u)::text,
                         lookups_after - lookups_before;
 END
@@ -140,9 +142,9 @@ DECLARE
     lookups_after bigint;
     d json;
 BEGIN
-    SELECT idx_scan + seq_scan INTO lookups_before FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    lookups_before := pg_temp.subscription_lookups();
     d := tally.session_usage_document(u, id);
-    SELECT idx_scan + seq_scan INTO lookups_after FROM pg_stat_xact_user_tables WHERE relid = 'tally.subscriptions'::regclass;
+    lookups_after := pg_temp.subscription_lookups();
     RETURN QUERY SELECT d::text = tally.usage_document(u)::text, lookups_after - lookups_before;
 END
 $$;
