@@ -8,7 +8,7 @@
 //! read; otherwise the view is read. Both give the same document, which
 //! `record_session.sql` checks case by case.
 
-use pgrx::datum::JsonString;
+use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -65,11 +65,18 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
             let view = document_view();
             check_select(view);
             let _owner = AsExtensionOwner::of_relation(view);
-            let remaining = |limit: Option<i32>, used: i32, in_progress: i32| {
-                limit.map(|limit| (limit - used - in_progress).max(0))
-            };
             let (practice_in_progress, assessments_in_progress) =
                 counted.in_progress.unwrap_or((0, 0));
+            let [practice_used, practice_limit, practice_remaining] = counter_args(
+                counted.practice_used,
+                counted.practice_limit,
+                practice_in_progress,
+            );
+            let [assessments_used, assessments_limit, assessments_remaining] = counter_args(
+                counted.assessments_used,
+                counted.assessments_limit,
+                assessments_in_progress,
+            );
             run_cached(
                 client,
                 FROM_COUNTS_SQL,
@@ -90,22 +97,12 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
                     counted.plan_id.clone().into(),
                     counted.period_start.into(),
                     counted.period_end.into(),
-                    counted.practice_used.into(),
-                    counted.practice_limit.into(),
-                    remaining(
-                        counted.practice_limit,
-                        counted.practice_used,
-                        practice_in_progress,
-                    )
-                    .into(),
-                    counted.assessments_used.into(),
-                    counted.assessments_limit.into(),
-                    remaining(
-                        counted.assessments_limit,
-                        counted.assessments_used,
-                        assessments_in_progress,
-                    )
-                    .into(),
+                    practice_used,
+                    practice_limit,
+                    practice_remaining,
+                    assessments_used,
+                    assessments_limit,
+                    assessments_remaining,
                 ],
             )
             .next()
@@ -115,6 +112,14 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
             .next()
             .and_then(json_text),
     })
+}
+
+/// One counter's `used`, `limit` and `remaining` parameters. `remaining` is computed
+/// as `tally.current_usage` does: limit - used - in progress, never below 0, and
+/// NULL when the plan has no limit.
+fn counter_args(used: i32, limit: Option<i32>, in_progress: i32) -> [DatumWithOid<'static>; 3] {
+    let remaining = limit.map(|limit| (limit - used - in_progress).max(0));
+    [used.into(), limit.into(), remaining.into()]
 }
 
 fn json_text(row: pgrx::spi::SpiHeapTupleData<'_>) -> Option<String> {
