@@ -436,10 +436,7 @@ impl RowFacts {
     }
 
     fn limit(&self) -> Option<i32> {
-        match self.counter.as_str() {
-            "practice_sessions" => self.practice_limit,
-            _ => self.assessments_limit,
-        }
+        of_counter(&self.counter, self.practice_limit, self.assessments_limit)
     }
 
     fn period_bounds(&self) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
@@ -453,6 +450,15 @@ impl RowFacts {
             "assessments" => (0, sign),
             _ => (0, 0),
         }
+    }
+}
+
+/// The value of a metered `counter` out of a (practice, assessments) pair.
+fn of_counter<T>(counter: &str, practice: T, assessments: T) -> T {
+    if counter == "practice_sessions" {
+        practice
+    } else {
+        assessments
     }
 }
 
@@ -509,11 +515,7 @@ fn apply_one(
             );
             let row = rows.next().expect("an upsert returns its row");
             let (practice_used, assessments_used): (i32, i32) = (get(&row, 1), get(&row, 2));
-            let used = if facts.counter == "practice_sessions" {
-                practice_used
-            } else {
-                assessments_used
-            };
+            let used = of_counter(&facts.counter, practice_used, assessments_used);
             usage = Some(UsageAfter {
                 period_start: start,
                 period_end: end,
@@ -628,11 +630,7 @@ fn check_limits(
             .expect("a count returns a row");
             let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
             both = Some((practice, assessments));
-            vec![if check.counter == "practice_sessions" {
-                practice
-            } else {
-                assessments
-            }]
+            vec![of_counter(&check.counter, practice, assessments)]
         }
         many => {
             let users: Vec<String> = many.iter().map(|c| c.user_id.clone()).collect();
