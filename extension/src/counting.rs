@@ -19,6 +19,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::{pg_sys, PgOid, PgTrigger};
 
+use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal::InternalWrite;
 use crate::privilege::AsExtensionOwner;
@@ -127,7 +128,11 @@ WITH counted AS (
            count(*) FILTER (WHERE k.counter = 'practice_sessions' AND n.status = 'completed')::int AS practice_done,
            count(*) FILTER (WHERE k.counter = 'assessments' AND n.status = 'completed')::int AS assessments_done,
            count(*) FILTER (WHERE k.counter = 'practice_sessions')::int AS practice_added,
-           count(*) FILTER (WHERE k.counter = 'assessments')::int AS assessments_added
+           count(*) FILTER (WHERE k.counter = 'assessments')::int AS assessments_added,
+           count(*) FILTER (WHERE k.counter = 'practice_sessions' AND n.status = 'started'
+                              AND n.started_at <= now() - tally.reservation_timeout())::int AS practice_unheld,
+           count(*) FILTER (WHERE k.counter = 'assessments' AND n.status = 'started'
+                              AND n.started_at <= now() - tally.reservation_timeout())::int AS assessments_unheld
     FROM tally_new n
     JOIN tally.session_kinds k ON k.kind = n.kind
     JOIN tally.subscriptions s ON s.user_id = n.user_id
@@ -155,13 +160,13 @@ plans_done AS (
              GROUP BY learning_plan_id) d
      WHERE lp.learning_plan_id = d.learning_plan_id
 )
-SELECT up.user_id, up.period_start, up.period_end, c.counter, c.used, c.done, c.added, c.lim
+SELECT up.user_id, up.period_start, up.period_end, c.counter, c.used, c.done, c.added, c.lim, c.unheld
 FROM upserted up
 JOIN counted cn ON cn.user_id = up.user_id AND cn.period_start = up.period_start
 CROSS JOIN LATERAL (VALUES
-    ('practice_sessions', up.practice_sessions_used, cn.practice_done, cn.practice_added, cn.practice_sessions_limit),
-    ('assessments', up.assessments_used, cn.assessments_done, cn.assessments_added, cn.assessments_limit)
-) AS c(counter, used, done, added, lim)
+    ('practice_sessions', up.practice_sessions_used, cn.practice_done, cn.practice_added, cn.practice_sessions_limit, cn.practice_unheld),
+    ('assessments', up.assessments_used, cn.assessments_done, cn.assessments_added, cn.assessments_limit, cn.assessments_unheld)
+) AS c(counter, used, done, added, lim, unheld)
 WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
 ORDER BY up.user_id, up.period_start, c.counter
 "#;
@@ -199,7 +204,8 @@ macro_rules! one_row_sql {
         concat!(
             "SELECT r.user_id, r.status, r.started_at, r.learning_plan_id, k.counter,
                     s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit,
-                    r.session_id, s.plan_id
+                    r.session_id, s.plan_id,
+                    r.status = 'started' AND r.started_at <= now() - tally.reservation_timeout()
                FROM ",
             $table,
             " r
@@ -232,7 +238,10 @@ const PLAN_ONE_SQL: &str =
     "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $2 WHERE learning_plan_id = $1";
 
 /// Signed changes to completed sessions, applied to usage and learning plans.
-/// `{changed}` yields (user_id, kind, started_at, learning_plan_id, sign).
+/// `{changed}` yields (user_id, kind, started_at, learning_plan_id, sign, unheld):
+/// `unheld` marks a completion whose reservation had expired, which the limit
+/// checks like a new session. Returns the limit checks those need (with `$1`,
+/// tally.enforce_limits), in the shape of INSERT_SQL's.
 macro_rules! delta_sql {
     ($changed:literal) => {
         concat!(
@@ -242,15 +251,17 @@ macro_rules! delta_sql {
 counted AS (
     SELECT c.user_id,
            tally.period_start_for(s.period_anchor, p.period, c.started_at) AS period_start,
-           s.period_anchor, p.period,
+           s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit,
            coalesce(sum(c.sign) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int AS practice,
-           coalesce(sum(c.sign) FILTER (WHERE k.counter = 'assessments'), 0)::int AS assessments
+           coalesce(sum(c.sign) FILTER (WHERE k.counter = 'assessments'), 0)::int AS assessments,
+           count(*) FILTER (WHERE k.counter = 'practice_sessions' AND c.unheld)::int AS practice_unheld,
+           count(*) FILTER (WHERE k.counter = 'assessments' AND c.unheld)::int AS assessments_unheld
     FROM changed c
     JOIN tally.session_kinds k ON k.kind = c.kind
     JOIN tally.subscriptions s ON s.user_id = c.user_id
     JOIN tally.plans p ON p.plan_id = s.plan_id
     WHERE k.counter <> 'none'
-    GROUP BY c.user_id, 2, s.period_anchor, p.period
+    GROUP BY c.user_id, 2, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
 ),
 raised AS (
     INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
@@ -261,6 +272,7 @@ raised AS (
     ON CONFLICT (user_id, period_start) DO UPDATE
        SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
            assessments_used = u.assessments_used + excluded.assessments_used
+    RETURNING u.user_id, u.period_start, u.period_end, u.practice_sessions_used, u.assessments_used
 ),
 lowered AS (
     UPDATE tally.usage u
@@ -280,19 +292,33 @@ plans_changed AS (
             HAVING sum(sign) <> 0) d
      WHERE lp.learning_plan_id = d.learning_plan_id
 )
-SELECT 1"#
+SELECT up.user_id, up.period_start, up.period_end, c.counter, c.used, c.done, c.added, c.lim, 0
+FROM raised up
+JOIN counted cn ON cn.user_id = up.user_id AND cn.period_start = up.period_start
+CROSS JOIN LATERAL (VALUES
+    ('practice_sessions', up.practice_sessions_used, cn.practice, cn.practice_unheld, cn.practice_sessions_limit),
+    ('assessments', up.assessments_used, cn.assessments, cn.assessments_unheld, cn.assessments_limit)
+) AS c(counter, used, done, added, lim)
+WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
+ORDER BY up.user_id, up.period_start, c.counter"#
         )
     };
 }
 
+// session_id never changes (sessions_check_update), so it pairs each new row
+// with its old one.
 const UPDATE_SQL: &str = delta_sql!(
-    "SELECT user_id, kind, started_at, learning_plan_id, 1 AS sign FROM tally_new WHERE status = 'completed'
+    "SELECT n.user_id, n.kind, n.started_at, n.learning_plan_id, 1 AS sign,
+            o.status = 'started' AND o.started_at <= now() - tally.reservation_timeout() AS unheld
+       FROM tally_new n JOIN tally_old o ON o.session_id = n.session_id
+      WHERE n.status = 'completed'
      UNION ALL
-     SELECT user_id, kind, started_at, learning_plan_id, -1 FROM tally_old WHERE status = 'completed'"
+     SELECT user_id, kind, started_at, learning_plan_id, -1, false FROM tally_old WHERE status = 'completed'"
 );
 
 const DELETE_SQL: &str = delta_sql!(
-    "SELECT user_id, kind, started_at, learning_plan_id, -1 AS sign FROM tally_old WHERE status = 'completed'"
+    "SELECT user_id, kind, started_at, learning_plan_id, -1 AS sign, false AS unheld
+       FROM tally_old WHERE status = 'completed'"
 );
 
 /// A (user, period, counter) that this statement added metered sessions to, under a limit.
@@ -301,10 +327,33 @@ struct LimitCheck {
     period_start: TimestampWithTimeZone,
     period_end: TimestampWithTimeZone,
     counter: String,
+    /// Completed sessions in the period after this statement.
     used: i32,
+    /// How many of those this statement completed.
     done: i32,
+    /// Sessions this statement adds to the limit: new started or completed ones,
+    /// and completions whose reservation had expired.
     added: i32,
     limit: i32,
+    /// New started sessions whose reservation expired at birth: they hold no slot
+    /// (not in the reservation count) but each needs one free when inserted.
+    unheld: i32,
+}
+
+impl LimitCheck {
+    fn from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Self {
+        LimitCheck {
+            user_id: get(row, 1),
+            period_start: get(row, 2),
+            period_end: get(row, 3),
+            counter: get(row, 4),
+            used: get(row, 5),
+            done: get(row, 6),
+            added: get(row, 7),
+            limit: get(row, 8),
+            unheld: get(row, 9),
+        }
+    }
 }
 
 fn get<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
@@ -373,7 +422,8 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_sessions_count_insert,
     pg_finfo_tally_sessions_count_insert,
-    count_insert
+    count_insert,
+    on(c"sessions", After, Statement, INSERT)
 );
 
 /// The set-based path: one aggregate over the whole transition table.
@@ -384,16 +434,7 @@ fn insert_many(client: &mut SpiClient<'_>) -> Vec<LimitCheck> {
         &[BOOL],
         &[settings::enforce_limits().into()],
     )
-    .map(|row| LimitCheck {
-        user_id: get(&row, 1),
-        period_start: get(&row, 2),
-        period_end: get(&row, 3),
-        counter: get(&row, 4),
-        used: get(&row, 5),
-        done: get(&row, 6),
-        added: get(&row, 7),
-        limit: get(&row, 8),
-    })
+    .map(|row| LimitCheck::from_row(&row))
     .collect()
 }
 
@@ -410,6 +451,8 @@ struct RowFacts {
     assessments_limit: Option<i32>,
     session_id: pgrx::Uuid,
     plan_id: String,
+    /// A started session whose reservation has expired (by tally.reservation_timeout).
+    expired: bool,
 }
 
 /// The usage row of a session's period after an upsert.
@@ -477,6 +520,7 @@ fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
             assessments_limit: get_nullable(&row, 9),
             session_id: get(&row, 10),
             plan_id: get(&row, 11),
+            expired: get(&row, 12),
         })
 }
 
@@ -499,6 +543,9 @@ fn apply_one(
         let (practice, assessments) = facts.deltas(sign);
         let (start, end) = facts.period_bounds();
         let reserves = old.is_none() && new.is_some_and(|n| n.status != "abandoned");
+        // Completing a session whose reservation expired takes a slot it no longer
+        // held: it is checked like a new session.
+        let retakes = old.is_some_and(|o| o.expired) && sign > 0;
         if sign > 0 || reserves {
             // The upsert also takes the row lock that serializes limit checks.
             let mut rows = run_cached(
@@ -522,7 +569,8 @@ fn apply_one(
                 practice_used,
                 assessments_used,
             });
-            if let (true, Some(limit)) = (reserves && settings::enforce_limits(), facts.limit()) {
+            let checked = (reserves || retakes) && settings::enforce_limits();
+            if let (true, Some(limit)) = (checked, facts.limit()) {
                 checks.push(LimitCheck {
                     user_id: facts.user_id.clone(),
                     period_start: start,
@@ -532,6 +580,7 @@ fn apply_one(
                     done: sign,
                     added: 1,
                     limit,
+                    unheld: new.filter(|n| reserves && n.expired).map_or(0, |_| 1),
                 });
             }
         } else if sign < 0 {
@@ -648,7 +697,10 @@ fn check_limits(
         }
     };
     for (check, in_progress) in checks.iter().zip(in_progress) {
-        if check.used + in_progress > check.limit {
+        // Checked one by one, a started session whose reservation expired at birth
+        // needs one free slot but holds none after it, so any number of them
+        // need just the one.
+        if check.used + in_progress + check.unheld.min(1) > check.limit {
             return Err(quota_exceeded(check, in_progress));
         }
     }
@@ -658,7 +710,7 @@ fn check_limits(
 fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
     // Report the state before this statement: the statement is rejected whole.
     let used_before = check.used - check.done;
-    let in_progress_before = in_progress - (check.added - check.done);
+    let in_progress_before = in_progress - (check.added - check.done - check.unheld);
     TallyError::new(
         TallyCode::QuotaExceeded,
         format!(
@@ -696,7 +748,8 @@ fn count_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_sessions_count_update,
     pg_finfo_tally_sessions_count_update,
-    count_update
+    count_update,
+    on(c"sessions", After, Statement, UPDATE)
 );
 
 fn count_delete(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
@@ -706,7 +759,8 @@ fn count_delete(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_sessions_count_delete,
     pg_finfo_tally_sessions_count_delete,
-    count_delete
+    count_delete,
+    on(c"sessions", After, Statement, DELETE)
 );
 
 /// Applies an UPDATE or DELETE: `single` says which transition tables (old, new) to
@@ -733,12 +787,17 @@ fn apply_delta(
                 } else {
                     None
                 };
-                apply_one(client, old.as_ref(), new.as_ref());
+                let applied = apply_one(client, old.as_ref(), new.as_ref());
+                check_limits(client, &applied.checks).map(|_| ())
             }
             None => {
-                run_cached(client, sql, &[], &[]);
+                let checks: Vec<LimitCheck> =
+                    run_cached(client, sql, &[BOOL], &[settings::enforce_limits().into()])
+                        .map(|row| LimitCheck::from_row(&row))
+                        .collect();
+                check_limits(client, &checks).map(|_| ())
             }
         }
-    });
+    })?;
     Ok(pg_sys::Datum::null())
 }

@@ -27,6 +27,9 @@ pub enum TallyCode {
     LearningPlanHasCompletedSessions,
     /// TRUNCATE of tally.sessions.
     TruncateRejected,
+    /// A trigger function of tally fired through a binding other than its own
+    /// (PostgreSQL's own code for a trigger called in the wrong context).
+    TriggerProtocolViolated,
 }
 
 impl TallyCode {
@@ -39,6 +42,7 @@ impl TallyCode {
             TallyCode::KindInUse => b"TL005",
             TallyCode::LearningPlanHasCompletedSessions => b"TL006",
             TallyCode::TruncateRejected => b"TL007",
+            TallyCode::TriggerProtocolViolated => b"39P01",
         }
     }
 }
@@ -133,10 +137,11 @@ pub unsafe fn raise(error: TallyError) -> ! {
 }
 
 /// Defines the C entry point PostgreSQL calls for a trigger function declared in
-/// `sql/triggers.sql`: runs the Rust body under pgrx's guard (so PostgreSQL errors
-/// and panics are reported as usual) and raises a returned [`TallyError`].
+/// `sql/triggers.sql`: checks that it fired through its own binding (see
+/// `binding.rs`), runs the Rust body under pgrx's guard (so PostgreSQL errors and
+/// panics are reported as usual) and raises a returned [`TallyError`].
 macro_rules! entry {
-    ($symbol:ident, $finfo:ident, $body:path) => {
+    ($symbol:ident, $finfo:ident, $body:path, $binding:expr) => {
         #[doc(hidden)]
         #[no_mangle]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -154,7 +159,10 @@ macro_rules! entry {
                 ::pgrx::pg_sys::panic::pgrx_extern_c_guard(|| {
                     let trigger = ::pgrx::PgTrigger::from_fcinfo(&*fcinfo)
                         .expect("tally trigger functions run only as triggers");
-                    $body(&trigger)
+                    const BINDING: $crate::binding::Binding = $binding;
+                    BINDING
+                        .check(stringify!($symbol), &trigger)
+                        .and_then(|()| $body(&trigger))
                 })
             };
             match outcome {

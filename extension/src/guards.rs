@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
+use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal;
 use crate::sessions::column;
@@ -28,7 +29,13 @@ fn usage_reject_direct_write(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Da
 entry!(
     tally_usage_reject_direct_write,
     pg_finfo_tally_usage_reject_direct_write,
-    usage_reject_direct_write
+    usage_reject_direct_write,
+    on(
+        c"usage",
+        Before,
+        Statement,
+        INSERT | UPDATE | DELETE | TRUNCATE
+    )
 );
 
 /// BEFORE INSERT/UPDATE on tally.learning_plans, per row. A new plan starts at zero
@@ -63,7 +70,8 @@ fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::
 entry!(
     tally_learning_plans_guard_counter,
     pg_finfo_tally_learning_plans_guard_counter,
-    learning_plans_guard_counter
+    learning_plans_guard_counter,
+    on(c"learning_plans", Before, Row, INSERT | UPDATE)
 );
 
 /// BEFORE DELETE on tally.learning_plans, per row: completed sessions happened, so a
@@ -93,13 +101,25 @@ fn learning_plans_keep_completed(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys:
 entry!(
     tally_learning_plans_keep_completed,
     pg_finfo_tally_learning_plans_keep_completed,
-    learning_plans_keep_completed
+    learning_plans_keep_completed,
+    on(c"learning_plans", Before, Row, DELETE)
 );
 
 /// BEFORE UPDATE on tally.session_kinds when counter changes.
 fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let old = trigger.old().expect("row trigger has an old row");
     let kind: String = column(&old, "kind").expect("kind is NOT NULL");
+    // The UPDATE itself locks the kind row FOR NO KEY UPDATE, which does not
+    // conflict with the KEY SHARE lock a concurrent session insert's foreign key
+    // check takes: that insert could commit a completed session of this kind right
+    // after the check below and be counted under the old counter. FOR UPDATE does
+    // conflict, so such inserts finish first (and the check sees them) or wait for
+    // this transaction (and count under the new counter).
+    Spi::run_with_args(
+        "SELECT 1 FROM tally.session_kinds WHERE kind = $1 FOR UPDATE",
+        &[kind.clone().into()],
+    )
+    .unwrap_or_else(|e| panic!("tally: cannot lock kind: {e}"));
     let in_use = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM tally.sessions WHERE kind = $1 AND status = 'completed')",
         &[kind.clone().into()],
@@ -118,5 +138,6 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
 entry!(
     tally_session_kinds_check_counter,
     pg_finfo_tally_session_kinds_check_counter,
-    session_kinds_check_counter
+    session_kinds_check_counter,
+    on(c"session_kinds", Before, Row, UPDATE)
 );

@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod binding;
 mod counting;
 mod document;
 mod errors;
@@ -20,16 +21,17 @@ mod settings;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!(
-    "../../sql/schema.sql",
+    "../sql/schema.sql",
     name = "schema",
     requires = [
         period::period_is_valid,
         period::period_start_for,
-        period::period_end_for
+        period::period_end_for,
+        settings::reservation_timeout
     ]
 );
 extension_sql_file!(
-    "../../sql/triggers.sql",
+    "../sql/triggers.sql",
     name = "triggers",
     requires = ["schema", repair::repair]
 );

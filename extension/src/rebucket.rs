@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
+use crate::binding::{on, Level::*, Timing::*, DELETE, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal::InternalWrite;
 use crate::sessions::column;
@@ -66,7 +67,8 @@ fn subscriptions_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum>
 entry!(
     tally_subscriptions_rebucket,
     pg_finfo_tally_subscriptions_rebucket,
-    subscriptions_rebucket
+    subscriptions_rebucket,
+    on(c"subscriptions", After, Row, UPDATE)
 );
 
 /// AFTER UPDATE OF period on tally.plans, per row.
@@ -92,7 +94,8 @@ fn plans_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_plans_rebucket,
     pg_finfo_tally_plans_rebucket,
-    plans_rebucket
+    plans_rebucket,
+    on(c"plans", After, Row, UPDATE)
 );
 
 /// AFTER DELETE on tally.subscriptions, per statement: a deleted user's usage goes too
@@ -114,5 +117,6 @@ fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datu
 entry!(
     tally_subscriptions_drop_usage,
     pg_finfo_tally_subscriptions_drop_usage,
-    subscriptions_drop_usage
+    subscriptions_drop_usage,
+    on(c"subscriptions", After, Statement, DELETE)
 );

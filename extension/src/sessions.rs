@@ -5,6 +5,7 @@ use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, AllocatedByPostgres, PgTrigger, WhoAllocated};
 
+use crate::binding::{on, Level::*, Timing::*, INSERT, TRUNCATE, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 
 pub fn column<T>(row: &PgHeapTuple<'_, impl WhoAllocated>, name: &str) -> Option<T>
@@ -50,7 +51,8 @@ fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_sessions_fill_completed_at,
     pg_finfo_tally_sessions_fill_completed_at,
-    fill_completed_at
+    fill_completed_at,
+    on(c"sessions", Before, Row, INSERT)
 );
 
 /// The status changes a session may make.
@@ -134,7 +136,8 @@ fn check_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_sessions_check_update,
     pg_finfo_tally_sessions_check_update,
-    check_update
+    check_update,
+    on(c"sessions", Before, Row, UPDATE)
 );
 
 fn reject_truncate(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
@@ -147,5 +150,6 @@ fn reject_truncate(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 entry!(
     tally_sessions_reject_truncate,
     pg_finfo_tally_sessions_reject_truncate,
-    reject_truncate
+    reject_truncate,
+    on(c"sessions", Before, Statement, TRUNCATE)
 );

@@ -24,14 +24,31 @@ pub fn register() {
         GucRegistry::define_string_guc_with_hooks(
             c"tally.reservation_timeout",
             c"How long a started session holds a reservation against the plan limit (an interval).",
-            c"A started session older than this no longer counts as in progress.",
+            c"A started session older than this no longer counts as in progress. Only a superuser may change it.",
             &RESERVATION_TIMEOUT,
-            GucContext::Userset,
+            // Like enforce_limits: a role that could shorten it would free slots its
+            // started sessions still hold, and pass the limit with them.
+            GucContext::Suset,
             GucFlags::default(),
             Some(check_reservation_timeout),
             None,
             None,
         );
+    }
+}
+
+/// The text of an interval setting, parsed as PostgreSQL does (`interval_in`).
+fn parse_interval(text: &CStr) -> Option<Interval> {
+    // SAFETY: interval_in reads a C string argument; it raises on bad input.
+    unsafe {
+        pgrx::direct_function_call::<Interval>(
+            pg_sys::interval_in,
+            &[
+                Some(pg_sys::Datum::from(text.as_ptr())),
+                Some(pg_sys::Datum::from(0u32)),
+                Some(pg_sys::Datum::from(-1i32)),
+            ],
+        )
     }
 }
 
@@ -46,21 +63,21 @@ unsafe extern "C-unwind" fn check_reservation_timeout(
     let Some(text) = text else { return true };
     let text = unsafe { CStr::from_ptr(text) }.to_owned();
     PgTryBuilder::new(move || {
-        // SAFETY: interval_in reads a C string argument; errors are caught below.
-        let parsed = unsafe {
-            pgrx::direct_function_call::<Interval>(
-                pg_sys::interval_in,
-                &[
-                    Some(pg_sys::Datum::from(text.as_ptr())),
-                    Some(pg_sys::Datum::from(0u32)),
-                    Some(pg_sys::Datum::from(-1i32)),
-                ],
-            )
-        };
-        parsed.is_some_and(|i| i.months() >= 0 && i.days() >= 0 && i.micros() >= 0)
+        parse_interval(&text).is_some_and(|i| i.months() >= 0 && i.days() >= 0 && i.micros() >= 0)
     })
     .catch_others(|_| false)
     .execute()
+}
+
+/// How long a started session holds a reservation: setting
+/// `tally.reservation_timeout`, read from the setting this library registered (so
+/// a value is always the checked one, whether or not the library is preloaded).
+#[pg_extern(stable, parallel_safe)]
+pub fn reservation_timeout() -> Interval {
+    RESERVATION_TIMEOUT
+        .get()
+        .and_then(|text| parse_interval(&text))
+        .unwrap_or_else(|| parse_interval(c"2 hours").expect("2 hours is an interval"))
 }
 
 pub fn enforce_limits() -> bool {

@@ -46,8 +46,10 @@ VALUES ('99999999-0000-4000-8000-000000000004', 'cruz', 'practice', 'started', '
 -- a reservation older than the timeout no longer holds its slot...
 SET tally.reservation_timeout = '1 second';
 INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('cruz', 'practice', '2026-06-03 10:00+00');
--- ...and completing a started session is never refused, even past the limit: it happened
+-- ...so completing a session whose reservation expired is checked like a new one:
+-- these two would take the period to 4 of 3, and are refused
 UPDATE tally.sessions SET status = 'completed' WHERE session_id IN ('99999999-0000-4000-8000-000000000001', '99999999-0000-4000-8000-000000000004');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM public.usage_by_period WHERE user_id = 'cruz' AND period = '2026-06-01';
 RESET tally.reservation_timeout;
 SHOW tally.reservation_timeout;

@@ -124,3 +124,16 @@ CREATE TRIGGER plans_rebucket
 
 -- repair writes counters on the caller's behalf; only roles granted EXECUTE may run it.
 REVOKE ALL ON FUNCTION tally.repair() FROM PUBLIC;
+
+-- EXECUTE on a trigger function is all CREATE TRIGGER asks for, and firing a trigger
+-- checks no privilege at all: tally's own triggers keep working for every writer,
+-- while no other role can bind these functions anywhere. (Each also refuses to run
+-- for any binding but its own; see extension/src/binding.rs.)
+REVOKE ALL ON FUNCTION
+    tally.sessions_fill_completed_at(), tally.sessions_check_update(),
+    tally.sessions_count_insert(), tally.sessions_count_update(), tally.sessions_count_delete(),
+    tally.sessions_reject_truncate(), tally.usage_reject_direct_write(),
+    tally.learning_plans_guard_counter(), tally.learning_plans_keep_completed(),
+    tally.session_kinds_check_counter(), tally.subscriptions_rebucket(),
+    tally.subscriptions_drop_usage(), tally.plans_rebucket()
+FROM PUBLIC;

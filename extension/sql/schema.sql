@@ -116,11 +116,6 @@ WHERE x.status = 'completed' AND k.counter <> 'none'
 GROUP BY 1, 2, 3;
 COMMENT ON VIEW tally.usage_recount IS 'Usage recounted from tally.sessions: what tally.usage holds when consistent (tally.verify() compares the two).';
 
-CREATE FUNCTION tally.reservation_timeout() RETURNS interval
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT coalesce(nullif(current_setting('tally.reservation_timeout', true), ''), '2 hours')::interval $$;
-COMMENT ON FUNCTION tally.reservation_timeout() IS 'How long a started session holds a reservation (setting tally.reservation_timeout).';
-
 CREATE VIEW tally.current_usage AS
 SELECT s.user_id,
        s.plan_id,
@@ -188,7 +183,10 @@ COMMENT ON VIEW tally.current_usage_document IS 'tally.current_usage and the use
 
 -- Record a session and read the counters it moved, in one call (one round trip for
 -- clients). Counting is done by the triggers as for any INSERT; this adds only the
--- idempotent retry and the read after the write.
+-- idempotent retry, the backdating bound and the read after the write.
+--
+-- It runs with the caller's rights but its own search path: an object in a schema
+-- the caller (or anyone) can write is never called instead of pg_catalog's.
 CREATE FUNCTION tally.record_session(
     user_id text,
     kind text,
@@ -197,18 +195,38 @@ CREATE FUNCTION tally.record_session(
     status text DEFAULT 'completed',
     started_at timestamptz DEFAULT NULL,
     completed_at timestamptz DEFAULT NULL,
-    duration_seconds integer DEFAULT NULL)
+    duration_seconds integer DEFAULT NULL,
+    not_before timestamptz DEFAULT NULL)
 RETURNS json
 LANGUAGE plpgsql VOLATILE
 -- Its statements are key lookups. Plans cached while the tables were tiny would
 -- otherwise stay sequential scans as the tables grow, until the next ANALYZE.
 SET enable_seqscan = off
+SET search_path = pg_catalog, pg_temp
 AS $fn$
 #variable_conflict use_column
 DECLARE
     stored tally.sessions;
     created boolean;
+    earliest timestamptz;
 BEGIN
+    -- A caller that may not import history (an end user's token) passes not_before:
+    -- a backdated session may then start no earlier than it, nor before the
+    -- user's current billing period, whose quota is the one that applies now.
+    IF record_session.not_before IS NOT NULL AND record_session.started_at < now() THEN
+        SELECT tally.period_start_for(s.period_anchor, p.period, now()) INTO earliest
+          FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
+         WHERE s.user_id = record_session.user_id;
+        earliest := greatest(earliest, record_session.not_before);
+        IF record_session.started_at < earliest THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'TL008',
+                MESSAGE = format('started_at %s is too far in the past: this caller may backdate a session to %s at the earliest',
+                                 to_char(record_session.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                 to_char(earliest AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+                HINT = 'sessions older than that (or in an earlier billing period) are imported by a caller allowed to import history';
+        END IF;
+    END IF;
     IF record_session.session_id IS NULL THEN
         -- A new id cannot conflict: a plain INSERT, without the speculative
         -- insertion ON CONFLICT costs.
@@ -242,13 +260,15 @@ BEGIN
                              'usage', tally.session_usage_document(stored.user_id, stored.session_id));
 END
 $fn$;
-COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer) IS
-    'INSERT a session unless session_id exists (ON CONFLICT DO NOTHING); returns {created, session, usage}: whether it inserted, the stored session, and tally.current_usage_document for its user. started_at NULL means now(); NULL when the id existed but the row is gone.';
+COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer, timestamptz) IS
+    'INSERT a session unless session_id exists (ON CONFLICT DO NOTHING); returns {created, session, usage}: whether it inserted, the stored session, and tally.current_usage_document for its user. started_at NULL means now(); NULL when the id existed but the row is gone. With not_before, a started_at before it or before the user''s current billing period is refused (TL008).';
 
--- The usage document for one user, planned for key lookups (see record_session).
+-- The usage document for one user, planned for key lookups (see record_session),
+-- with its own search path (likewise).
 CREATE FUNCTION tally.usage_document(user_id text) RETURNS json
 LANGUAGE plpgsql STABLE
 SET enable_seqscan = off
+SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     RETURN (SELECT d.document FROM tally.current_usage_document d WHERE d.user_id = usage_document.user_id);
