@@ -2,11 +2,17 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
+# Every PostgreSQL path comes from PG_CONFIG.
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
-PGBIN := /usr/lib/postgresql/15/bin
-PGXS_SRC := /usr/lib/postgresql/15/lib/pgxs/src
+export PGBIN := $(shell $(PG_CONFIG) --bindir)
+PGXS_SRC := $(abspath $(dir $(shell $(PG_CONFIG) --pgxs))..)
+PG_SHAREDIR := $(shell $(PG_CONFIG) --sharedir)
 PGRX_VERSION := 0.18.1
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+# The extension's version, and every earlier release an upgrade is tested from.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' extension/Cargo.toml)
+RELEASES := 0.1.0
 
 TEST_PORT ?= 55433
 TEST_CLUSTER := target/test-cluster
@@ -18,10 +24,12 @@ TEST_PG_CONF := "fsync = off" "synchronous_commit = off" "full_page_writes = off
 RUN_PORT ?= 55432
 RUN_CLUSTER := target/run-cluster
 
-REGRESS_TESTS := $(shell sed -n 's/^test: //p' extension/tests/pg_regress/schedule)
+# `make regress TESTS=limits` runs one file (after the shared fixtures in setup.sql).
+TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_regress/schedule))
+REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
-        test test-db test-cluster stop-test-cluster run bench soak clean
+        upgrade-test test test-db test-cluster stop-test-cluster run bench soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -46,11 +54,16 @@ setup:
 	    cargo pgrx init --pg15 $(PG_CONFIG) >/dev/null; \
 	fi
 
+# cargo pgrx installs the library, the current install script and every upgrade
+# script; the install scripts of earlier releases (CREATE EXTENSION tally VERSION
+# '0.1.0') are copied beside them.
 install: setup
-	cargo pgrx install --pg-config $(PG_CONFIG) -p tally 2>&1 | tail -1
+	cargo pgrx install --pg-config $(PG_CONFIG) -p tally
+	install -m 644 $(foreach r,$(RELEASES),extension/sql/tally--$(r).sql) $(PG_SHAREDIR)/extension/
 
 install-release: setup
-	cargo pgrx install --release --pg-config $(PG_CONFIG) -p tally 2>&1 | tail -1
+	cargo pgrx install --release --pg-config $(PG_CONFIG) -p tally
+	install -m 644 $(foreach r,$(RELEASES),extension/sql/tally--$(r).sql) $(PG_SHAREDIR)/extension/
 
 lint:
 	cargo fmt --all --check
@@ -76,12 +89,26 @@ define fresh_db
 	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d $(1) -c "CREATE EXTENSION tally"
 endef
 
-regress: test-cluster
-	$(call fresh_db,tally_regress)
+# pg_regress over database $(1), which has the extension.
+define run_regress
 	mkdir -p target/regress
 	$(PGXS_SRC)/test/regress/pg_regress --use-existing --host=127.0.0.1 --port=$(TEST_PORT) --user=postgres \
-	    --inputdir=extension/tests/pg_regress --outputdir=target/regress --dbname=tally_regress \
+	    --inputdir=extension/tests/pg_regress --outputdir=target/regress --dbname=$(1) \
 	    $(REGRESS_TESTS) || { cat target/regress/regression.diffs; exit 1; }
+endef
+
+regress: test-cluster
+	$(call fresh_db,tally_regress)
+	$(call run_regress,tally_regress)
+
+# ALTER EXTENSION tally UPDATE from every earlier release (tests/upgrade.sh), then the
+# whole pg_regress suite against a database updated from the oldest one.
+upgrade-test: test-cluster
+	tests/upgrade.sh $(TEST_URL)/postgres $(VERSION) $(RELEASES)
+	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d postgres -c "DROP DATABASE IF EXISTS tally_regress_updated" -c "CREATE DATABASE tally_regress_updated"
+	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d tally_regress_updated \
+	    -c "CREATE EXTENSION tally VERSION '$(firstword $(RELEASES))'" -c "ALTER EXTENSION tally UPDATE"
+	$(call run_regress,tally_regress_updated)
 
 isolation: test-cluster
 	$(call fresh_db,tally_isolation)
@@ -115,7 +142,7 @@ schemathesis: test-cluster
 test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation e2e schemathesis
+	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis
 
 run: install-release
 	tests/demo.sh
@@ -126,4 +153,4 @@ bench: install-release
 clean:
 	tests/cluster.sh stop $(TEST_CLUSTER)
 	tests/cluster.sh stop $(RUN_CLUSTER)
-	rm -rf target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data
+	rm -rf target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade

@@ -5,7 +5,7 @@
 # Runs the server as the postgres OS user when invoked as root (initdb refuses root),
 # listens on 127.0.0.1:PORT and on a socket in DIR, trusts local connections.
 set -euo pipefail
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)}
 cmd=${1:?usage: cluster.sh start|stop DIR [PORT]}
 dir=$(realpath -m "${2:?cluster directory}")
 

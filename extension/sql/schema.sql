@@ -116,6 +116,8 @@ WHERE x.status = 'completed' AND k.counter <> 'none'
 GROUP BY 1, 2, 3;
 COMMENT ON VIEW tally.usage_recount IS 'Usage recounted from tally.sessions: what tally.usage holds when consistent (tally.verify() compares the two).';
 
+COMMENT ON FUNCTION tally.reservation_timeout() IS 'How long a started session holds a reservation (setting tally.reservation_timeout, superuser-only).';
+
 CREATE VIEW tally.current_usage AS
 SELECT s.user_id,
        s.plan_id,

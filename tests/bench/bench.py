@@ -28,7 +28,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
+PGBIN = os.environ.get("PGBIN") or subprocess.run([os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config"), "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
 PORT = int(os.environ.get("BENCH_PORT", "55434"))
 CLUSTER = ROOT / "target/bench-cluster"
 WORK = ROOT / "target/bench"

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The in-place upgrade test (`make upgrade-test`): a database created at each earlier
+# release and filled with data (tests/upgrade/fill.sql), then ALTER EXTENSION tally
+# UPDATE. Afterwards its counters and tally.verify() are what they were (the drift made
+# on purpose and nothing else), writers keep working, and its schema is the one a
+# fresh install of the current version creates (tests/upgrade/schema_fingerprint.sql).
+#   tests/upgrade.sh ADMIN_URL CURRENT_VERSION RELEASE...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+admin=${1:?admin url}; current=${2:?current version}; shift 2
+base=${admin%/*}
+psql_at() { psql -X -q -v ON_ERROR_STOP=1 -At "$@"; }
+fail() { echo "upgrade test: $*" >&2; exit 1; }
+fresh() { psql_at "$admin" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null; }
+mkdir -p target/upgrade
+
+fresh tally_upgrade_fresh
+psql_at "$base/tally_upgrade_fresh" -c "CREATE EXTENSION tally" >/dev/null
+psql_at "$base/tally_upgrade_fresh" -f tests/upgrade/schema_fingerprint.sql > target/upgrade/fresh.txt
+
+verify_rows="SELECT object || ' ' || id || ' ' || coalesce(period_start::text, '-') || ' ' || counter || ' ' || stored || ' ' || actual FROM tally.verify() ORDER BY 1"
+counters="SELECT 'usage ' || user_id || ' ' || period_start || ' ' || practice_sessions_used || ' ' || assessments_used FROM tally.usage
+          UNION ALL SELECT 'plan ' || learning_plan_id || ' ' || completed_sessions FROM tally.learning_plans ORDER BY 1"
+# Counters that disagree with a recount by calendar month, made without tally's code.
+recount="WITH actual AS (
+    SELECT x.user_id, date_trunc('month', x.started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS period_start,
+           count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice,
+           count(*) FILTER (WHERE k.counter = 'assessments') AS assessments
+      FROM tally.sessions x JOIN tally.session_kinds k USING (kind) WHERE x.status = 'completed' GROUP BY 1, 2)
+SELECT coalesce(u.user_id, a.user_id) FROM tally.usage u FULL JOIN actual a USING (user_id, period_start)
+ WHERE coalesce(u.practice_sessions_used, 0) <> coalesce(a.practice, 0) OR coalesce(u.assessments_used, 0) <> coalesce(a.assessments, 0)
+UNION ALL
+SELECT lp.learning_plan_id::text FROM tally.learning_plans lp
+ WHERE lp.completed_sessions <> (SELECT count(*) FROM tally.sessions x WHERE x.learning_plan_id = lp.learning_plan_id AND x.status = 'completed')
+ORDER BY 1"
+
+for release in "$@"; do
+    db=tally_upgrade_from_${release//./_}
+    url="$base/$db"
+    fresh "$db"
+    psql_at "$admin" -c "DROP ROLE IF EXISTS up_writer" >/dev/null
+    psql_at "$url" -c "CREATE EXTENSION tally VERSION '$release'" >/dev/null
+    psql_at "$url" -f tests/upgrade/schema_fingerprint.sql > "target/upgrade/$release.txt"
+    # The comparison below must see what an upgrade changes, or it proves nothing.
+    if cmp -s "target/upgrade/$release.txt" target/upgrade/fresh.txt; then
+        fail "release $release and $current print the same schema fingerprint"
+    fi
+    psql_at "$url" -f tests/upgrade/fill.sql >/dev/null
+    drift_before=$(psql_at "$url" -c "$verify_rows")
+    [ -n "$drift_before" ] || fail "the fill made no drift at $release"
+    counters_before=$(psql_at "$url" -c "$counters")
+
+    psql_at "$url" -c "ALTER EXTENSION tally UPDATE" >/dev/null
+    [ "$(psql_at "$url" -c "SELECT extversion FROM pg_extension WHERE extname = 'tally'")" = "$current" ] \
+        || fail "$release did not update to $current"
+    [ "$(psql_at "$url" -c "$verify_rows")" = "$drift_before" ] || fail "verify() changed across the update from $release"
+    [ "$(psql_at "$url" -c "$counters")" = "$counters_before" ] || fail "counters changed across the update from $release"
+    # The independent recount disagrees exactly where the drift was made.
+    [ "$(psql_at "$url" -c "$recount" | sort -u)" = "$(psql_at "$url" -c "SELECT DISTINCT id FROM tally.verify() ORDER BY 1")" ] \
+        || fail "the recount disagrees with more than the drift made (from $release)"
+
+    psql_at "$url" -f tests/upgrade/schema_fingerprint.sql > "target/upgrade/$release-updated.txt"
+    if ! diff -u target/upgrade/fresh.txt "target/upgrade/$release-updated.txt" > "target/upgrade/$release.diff"; then
+        cat "target/upgrade/$release.diff" >&2
+        fail "a database updated from $release differs from a fresh $current (above: - fresh, + updated)"
+    fi
+
+    # The writer role granted at the old release keeps working, and repair fixes
+    # exactly the drift.
+    psql_at "$url" -c "SET ROLE up_writer" \
+        -c "INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('up_ruta', 'practice', '2026-04-20 10:00+00')" >/dev/null
+    fixed=$(psql_at "$url" -c "SELECT tally.repair()")
+    [ "$fixed" = "$(printf '%s\n' "$drift_before" | wc -l)" ] || fail "repair fixed $fixed counters, not the drift made"
+    [ -z "$(psql_at "$url" -c "$verify_rows")" ] || fail "drift left after repair (from $release)"
+    [ -z "$(psql_at "$url" -c "$recount")" ] || fail "counters disagree with a recount after repair (from $release)"
+    psql_at "$url" -c "REASSIGN OWNED BY up_writer TO postgres" -c "DROP OWNED BY up_writer" -c "DROP ROLE up_writer" >/dev/null
+    echo "upgrade from $release to $current: counters, drift and schema as expected"
+done
