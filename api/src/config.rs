@@ -56,9 +56,18 @@ pub struct ServeArgs {
     /// Per-request time limit, in milliseconds.
     #[arg(long, env = "TALLY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
-    /// Browser origins allowed by CORS, comma-separated (none by default).
+    /// Browser origins allowed by CORS, comma-separated (none by default; `*` for any).
     #[arg(long, env = "TALLY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// How far in the past a user token may date a session (`started_at`), e.g. `24h`,
+    /// `90m`; never before the start of the user's current billing period either.
+    /// Service tokens may import history.
+    #[arg(long, env = "TALLY_MAX_BACKDATE", default_value = "24h", value_parser = parse_duration)]
+    pub max_backdate: std::time::Duration,
+}
+
+fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("not a duration such as 24h or 90m ({e})"))
 }
 
 #[derive(Debug, Clone, Args)]

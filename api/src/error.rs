@@ -168,23 +168,43 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
-/// Messages for the constraints a client can violate, by constraint name.
-fn constraint_message(constraint: &str) -> Option<&'static str> {
-    Some(match constraint {
-        "sessions_kind_fkey" => "unknown session kind: map it in tally.session_kinds first",
-        "sessions_user_id_fkey" => "the user has no subscription",
-        "sessions_learning_plan_same_user" => {
-            "the learning plan does not exist or belongs to another user"
+/// What a client is told when a rule of the data refuses its request: what was
+/// wrong and what it can do, never a constraint, table or SQL name.
+fn constraint_message(constraint: &str) -> &'static str {
+    match constraint {
+        "sessions_kind_fkey" => {
+            "unknown session kind: use one of the kinds this service is configured for (practice, learning_plan and assessment unless your operator added others)"
         }
-        "sessions_started_at_not_in_future" => "started_at is more than 5 minutes in the future",
+        "sessions_user_id_fkey" => "the user has no subscription: subscribe the user first",
+        "sessions_learning_plan_same_user" => {
+            "the learning plan does not exist or belongs to another user: send one of the user's own learning_plan_id values, or none"
+        }
+        "sessions_started_at_not_in_future" => {
+            "started_at is more than 5 minutes in the future: send the time the session started"
+        }
         "sessions_started_at_finite" => "started_at must be a finite timestamp",
         "sessions_duration_not_negative" => "duration_seconds must not be negative",
-        "sessions_completed_at_not_before_start" => "completed_at is before started_at",
-        "sessions_started_has_no_completed_at" => "a started session has no completed_at",
+        "sessions_completed_at_not_before_start" => {
+            "completed_at is before started_at: send a completion time after the start"
+        }
+        "sessions_started_has_no_completed_at" => {
+            "a started session has no completed_at: leave it out, or send status completed"
+        }
         "sessions_completed_has_completed_at" => "a completed session needs completed_at",
         "sessions_status_known" => "status must be started, completed or abandoned",
-        _ => return None,
-    })
+        "sessions_pkey" => "a session with this session_id already exists",
+        _ => "the request breaks a rule of the data it writes: check its fields against the API reference",
+    }
+}
+
+/// What a client is told for tally's own refusals other than the quota. Fixed
+/// texts: the database's messages name tables and columns.
+fn tally_message(code: &str) -> &'static str {
+    match code {
+        "TL002" => "that status change is not allowed: a session goes from started to completed or abandoned, once",
+        "TL003" => "that field of the session cannot change: a finished session may only change duration_seconds",
+        _ => "the request conflicts with data the service keeps: it was not applied",
+    }
 }
 
 /// Parses tally's quota DETAIL: `key=value` pairs, user_id last.
@@ -226,14 +246,15 @@ impl From<tokio_postgres::Error> for ApiError {
                 db.message().to_string(),
                 db.detail().unwrap_or(""),
             ))),
-            "TL002" | "TL003" => ApiError::InvalidTransition(db.message().to_string()),
-            c if c.starts_with("TL") => ApiError::Conflict(db.message().to_string()),
-            "23505" => ApiError::Conflict("a session with this session_id already exists".into()),
-            c if c.starts_with("23") => ApiError::Unprocessable(
-                constraint_message(constraint)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("the request breaks rule {constraint}")),
-            ),
+            "TL002" | "TL003" => ApiError::InvalidTransition(tally_message(code).into()),
+            // The backdating bound of tally.record_session: its message names only
+            // the request's started_at and the earliest time allowed.
+            "TL008" => ApiError::Unprocessable(db.message().to_string()),
+            c if c.starts_with("TL") => ApiError::Conflict(tally_message(code).into()),
+            "23505" => ApiError::Conflict(constraint_message("sessions_pkey").into()),
+            c if c.starts_with("23") => {
+                ApiError::Unprocessable(constraint_message(constraint).into())
+            }
             // data exceptions (bad text, out of range) and program limits (oversized keys)
             c if c.starts_with("22") || c.starts_with("54") => ApiError::Unprocessable(
                 "a value in the request is out of range or not valid text".into(),

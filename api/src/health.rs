@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -48,9 +48,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
             db::Readiness::NoExtension => Err(ApiError::Unavailable(
                 "the tally extension is not installed in this database".into(),
             )),
-            db::Readiness::OutdatedExtension => Err(ApiError::Unavailable(
-                "the tally extension in this database predates this API (no tally.record_session); reinstall it from this build".into(),
-            )),
+            db::Readiness::OutdatedExtension(version) => Err(ApiError::Unavailable(format!(
+                "the tally extension in this database is version {version}, older than this API needs: run ALTER EXTENSION tally UPDATE"
+            ))),
         }
     };
     tokio::time::timeout(Duration::from_secs(2), check)
@@ -115,11 +115,13 @@ pub async fn track(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    // Labels come from fixed sets, so that no client can grow the metrics without
+    // bound: invented methods count as `other`, unknown paths as `unmatched`.
+    let method = method_label(request.method());
     let start = Instant::now();
     let response = next.run(request).await;
     let labels = [
-        ("method", method),
+        ("method", method.to_string()),
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
@@ -127,6 +129,20 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::histogram!("tally_http_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// The metrics label of an HTTP method: the standard ones by name, any other as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Gives responses made outside the handlers (405, timeouts, unknown routes) the

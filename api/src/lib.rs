@@ -20,7 +20,7 @@ use axum::http::{header, HeaderName, HeaderValue, Method, Request};
 use axum::{middleware, Router};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -41,13 +41,41 @@ pub struct AppState {
 pub struct AppConfig {
     pub request_timeout: Duration,
     pub cors_origins: Vec<String>,
+    /// How far in the past a user token may date a session's `started_at`.
+    pub max_backdate: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            request_timeout: Duration::from_secs(10),
+            cors_origins: Vec::new(),
+            max_backdate: Duration::from_secs(24 * 60 * 60),
+        }
+    }
 }
 
 /// A connection pool for `database_url`. Connections are made lazily, so the API
 /// starts (and reports 503 on /readyz) while the database is down.
-pub fn pool(database_url: &str, max_size: u32) -> Result<Pool, String> {
-    let config = tokio_postgres::Config::from_str(database_url)
+///
+/// `statement_timeout` is set on every connection: a request that timed out must not
+/// leave its query running (and holding locks) in the database.
+pub fn pool(
+    database_url: &str,
+    max_size: u32,
+    statement_timeout: Duration,
+) -> Result<Pool, String> {
+    let mut config = tokio_postgres::Config::from_str(database_url)
         .map_err(|e| format!("DATABASE_URL is not valid: {e}"))?;
+    let options = format!(
+        "{} -c statement_timeout={}",
+        config.get_options().unwrap_or_default(),
+        statement_timeout.as_millis().max(1)
+    );
+    config.options(options.trim());
+    if config.get_application_name().is_none() {
+        config.application_name("tally-api");
+    }
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
@@ -64,18 +92,33 @@ pub fn pool(database_url: &str, max_size: u32) -> Result<Pool, String> {
         .map_err(|e| format!("cannot build the connection pool: {e}"))
 }
 
+/// CORS for the configured origins; `*` among them allows any origin. Tokens travel
+/// in the Authorization header, never in cookies, so no credentials are allowed.
 fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> = origins
+    let origins: Vec<&str> = origins
         .iter()
-        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
         .collect();
-    (!origins.is_empty()).then(|| {
+    let allowed = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let listed: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        if listed.is_empty() {
+            return None;
+        }
+        AllowOrigin::list(listed)
+    };
+    Some(
         CorsLayer::new()
-            .allow_origin(origins)
+            .allow_origin(allowed)
             .allow_methods([Method::GET, Method::POST, Method::PATCH])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-            .expose_headers([header::LOCATION, HeaderName::from_static("x-request-id")])
-    })
+            .expose_headers([header::LOCATION, HeaderName::from_static("x-request-id")]),
+    )
 }
 
 /// The whole API, used by `main` and by tests.
@@ -88,8 +131,9 @@ pub fn app(state: AppState) -> Router {
         .merge(usage::router())
         .merge(health::router())
         .merge(openapi::router())
-        .route_layer(middleware::from_fn(health::track))
         .fallback(health::not_found)
+        // After the fallback, so that unknown paths are counted too (as one label).
+        .layer(middleware::from_fn(health::track))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
             health::TIMEOUT_STATUS,

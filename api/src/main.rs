@@ -27,13 +27,16 @@ async fn serve(args: ServeArgs) {
                 .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
         )
         .init();
-    let pool = pool(&args.database_url, args.pool_size).unwrap_or_else(|e| fail(&e));
+    let request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
+    let pool =
+        pool(&args.database_url, args.pool_size, request_timeout).unwrap_or_else(|e| fail(&e));
     let state = AppState {
         pool,
         keys: Keys::new(&args.secret.jwt_secret.0),
         config: AppConfig {
-            request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
+            request_timeout,
             cors_origins: args.cors_origins,
+            max_backdate: args.max_backdate,
         },
     };
     let listener = tokio::net::TcpListener::bind(args.bind)

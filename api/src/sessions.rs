@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Datelike, Utc};
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
@@ -23,21 +24,19 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// How many times a write is tried when it fails to serialize or deadlocks.
-const ATTEMPTS: usize = 3;
-
-/// Runs `write`, again when PostgreSQL says that trying again may succeed.
-async fn with_retries<T, Fut>(mut write: impl FnMut() -> Fut) -> Result<T, ApiError>
-where
-    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-{
-    let mut attempt = 1;
-    loop {
-        match write().await {
-            Err(e) if attempt < ATTEMPTS && ApiError::is_retryable(&e) => attempt += 1,
-            other => return Ok(other?),
+/// Timestamps the API stores must come back in RFC 3339, whose years run from 1 to
+/// 9999 here (PostgreSQL writes earlier years with a `BC` suffix).
+fn check_timestamps(fields: &[(&str, Option<DateTime<Utc>>)]) -> Result<(), ApiError> {
+    for (name, value) in fields {
+        if let Some(t) = value {
+            if !(1..=9999).contains(&t.year()) {
+                return Err(ApiError::Unprocessable(format!(
+                    "{name} must lie between the years 1 and 9999"
+                )));
+            }
         }
     }
+    Ok(())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -77,6 +76,20 @@ pub async fn create_session(
         .clone()
         .unwrap_or_else(|| caller.0.sub.clone());
     caller.may_act_for(&user_id)?;
+    check_timestamps(&[
+        ("started_at", request.started_at),
+        ("completed_at", request.completed_at),
+    ])?;
+    // A user may date a session back a little (it started a while ago), never into
+    // an earlier billing period with a fresh quota; a service may import history.
+    let not_before = match caller.0.role {
+        Role::User => Some(
+            Utc::now()
+                - chrono::Duration::from_std(state.config.max_backdate)
+                    .unwrap_or(chrono::Duration::MAX),
+        ),
+        Role::Service => None,
+    };
     let client = state.pool.get().await?;
     // One call, committed on its own: the counters move in the same transaction as
     // the row, inside the database, and come back with it.
@@ -84,7 +97,7 @@ pub async fn create_session(
         created,
         session,
         usage,
-    } = with_retries(|| db::record_session(&client, &request, &user_id))
+    } = db::record_session(&client, &request, &user_id, not_before)
         .await?
         .ok_or_else(|| {
             ApiError::Conflict("the session_id was taken and released meanwhile; retry".into())
@@ -164,11 +177,12 @@ pub async fn finish_session(
     ApiJson(update): ApiJson<SessionUpdate>,
 ) -> Result<Json<SessionWithUsage>, ApiError> {
     let id = parse_id(&raw_id)?;
+    check_timestamps(&[("completed_at", update.completed_at)])?;
     let client = state.pool.get().await?;
     // The owner check is part of the UPDATE, so a user token can never touch
     // another user's session, even for an instant.
     let owner = (caller.0.role != Role::Service).then_some(caller.0.sub.as_str());
-    let finished = with_retries(|| db::finish_session(&client, id, owner, &update)).await?;
+    let finished = db::with_retries(|| db::finish_session(&client, id, owner, &update)).await?;
     let session = match finished {
         Some(session) => session,
         None => {

@@ -15,11 +15,17 @@ const SECRET: &[u8] = b"a-routing-test-secret-of-32-bytes-or-more";
 
 fn test_app(cors_origins: Vec<String>) -> Router {
     app(AppState {
-        pool: pool("postgres://postgres@127.0.0.1:1/none", 2).unwrap(),
+        pool: pool(
+            "postgres://postgres@127.0.0.1:1/none",
+            2,
+            Duration::from_secs(5),
+        )
+        .unwrap(),
         keys: Keys::new(SECRET),
         config: AppConfig {
             request_timeout: Duration::from_secs(5),
             cors_origins,
+            ..AppConfig::default()
         },
     })
 }
@@ -204,4 +210,67 @@ async fn short_secrets_are_refused_with_a_message_saying_what_to_set() {
         "{error}"
     );
     assert!(tally_api::config::parse_secret(&"k".repeat(32)).is_ok());
+}
+
+#[tokio::test]
+async fn a_wildcard_cors_origin_allows_any_origin() {
+    let app = test_app(vec!["*".into()]);
+    let request = Request::options("/v1/users/kamile/usage")
+        .header(header::ORIGIN, "https://anywhere.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .header(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            "authorization,content-type",
+        )
+        .body(Body::empty())
+        .unwrap();
+    let (_, headers, _) = call(app, request).await;
+    assert_eq!(
+        headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(),
+        "*"
+    );
+}
+
+#[tokio::test]
+async fn metrics_labels_come_from_fixed_sets_whatever_clients_send() {
+    let app = test_app(vec![]);
+    for i in 0..40 {
+        for path in ["/v1/sessions".to_string(), format!("/invented/path/{i}")] {
+            let request = Request::builder()
+                .method(format!("INVENTED{i}").as_str())
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, _) = call(app.clone(), request).await;
+            assert!(status.is_client_error(), "{status}");
+        }
+        let request = Request::get(format!("/invented/path/{i}"))
+            .body(Body::empty())
+            .unwrap();
+        call(app.clone(), request).await;
+    }
+    let response = app
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        !text.contains("INVENTED"),
+        "a client-chosen method became a label"
+    );
+    assert!(
+        !text.contains("/invented"),
+        "a client-chosen path became a label"
+    );
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(text.contains(r#"route="unmatched""#), "{text}");
 }

@@ -1,6 +1,9 @@
 //! Shared helpers for tally's end-to-end tests: each test gets its own database, with
 //! the extension created, on the cluster named by TALLY_TEST_ADMIN_URL (`make e2e`).
 
+use reqwest::StatusCode;
+use serde_json::Value;
+use tally_api::{app, pool, AppConfig, AppState, Keys, Role};
 use tokio_postgres::{Client, NoTls};
 
 pub fn admin_url() -> String {
@@ -106,4 +109,103 @@ pub async fn assert_consistent(client: &Client) {
 /// The SQLSTATE of a failed statement, if the database sent one.
 pub fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
     error.code().map(|c| c.code())
+}
+
+pub const SECRET: &[u8] = b"an-api-test-secret-that-is-long-enough";
+
+/// A real tally-api server on a free port of 127.0.0.1, over `database_url`.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub keys: Keys,
+}
+
+impl Api {
+    pub async fn start(database_url: &str) -> Api {
+        Api::start_with(database_url, AppConfig::default()).await
+    }
+
+    pub async fn start_with(database_url: &str, config: AppConfig) -> Api {
+        let state = AppState {
+            pool: pool(database_url, 8, config.request_timeout).expect("pool"),
+            keys: Keys::new(SECRET),
+            config,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app(state)).await.expect("serve") });
+        Api {
+            base,
+            http: reqwest::Client::new(),
+            keys: Keys::new(SECRET),
+        }
+    }
+
+    pub fn token(&self, sub: &str, role: Role) -> String {
+        self.keys.mint(sub, role, 600)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_client_error() || status.is_server_error() {
+            assert_error_body(&value);
+        }
+        (status, value)
+    }
+
+    pub async fn post(&self, token: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+}
+
+/// Every error is `{"error": {"code", "message"}}` and carries no internals.
+pub fn assert_error_body(value: &Value) {
+    let code = value["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error envelope: {value}"));
+    let message = value["error"]["message"].as_str().expect("error message");
+    assert!(!code.is_empty());
+    for leak in [
+        "SELECT",
+        "INSERT",
+        "UPDATE tally",
+        "violates",
+        "tally.sessions",
+        "panicked",
+        "SQLSTATE",
+        "postgres",
+        "tally.",
+        "_fkey",
+        "constraint",
+        "session_kinds",
+    ] {
+        assert!(
+            !message.contains(leak),
+            "error message leaks {leak:?}: {message}"
+        );
+    }
 }

@@ -4,104 +4,11 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_api::{app, pool, AppConfig, AppState, Keys, Role};
-use tally_e2e::{assert_consistent, connect, fresh_database};
+use tally_api::{Keys, Role};
+use tally_e2e::{assert_consistent, assert_error_body, connect, fresh_database, Api, SECRET};
 use uuid::Uuid;
-
-const SECRET: &[u8] = b"an-api-test-secret-that-is-long-enough";
-
-struct Api {
-    base: String,
-    http: Client,
-    keys: Keys,
-}
-
-impl Api {
-    async fn start(database_url: &str) -> Api {
-        let state = AppState {
-            pool: pool(database_url, 8).expect("pool"),
-            keys: Keys::new(SECRET),
-            config: AppConfig {
-                request_timeout: Duration::from_secs(10),
-                cors_origins: vec![],
-            },
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app(state)).await.expect("serve") });
-        Api {
-            base,
-            http: Client::new(),
-            keys: Keys::new(SECRET),
-        }
-    }
-
-    fn token(&self, sub: &str, role: Role) -> String {
-        self.keys.mint(sub, role, 600)
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if status.is_client_error() || status.is_server_error() {
-            assert_error_body(&value);
-        }
-        (status, value)
-    }
-
-    async fn post(&self, token: &str, body: Value) -> (StatusCode, Value) {
-        self.send(
-            reqwest::Method::POST,
-            "/v1/sessions",
-            Some(token),
-            Some(body),
-        )
-        .await
-    }
-}
-
-/// Every error is `{"error": {"code", "message"}}` and carries no internals.
-fn assert_error_body(value: &Value) {
-    let code = value["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error envelope: {value}"));
-    let message = value["error"]["message"].as_str().expect("error message");
-    assert!(!code.is_empty());
-    for leak in [
-        "SELECT",
-        "INSERT",
-        "UPDATE tally",
-        "violates",
-        "tally.sessions",
-        "panicked",
-        "SQLSTATE",
-        "postgres",
-    ] {
-        assert!(
-            !message.contains(leak),
-            "error message leaks {leak:?}: {message}"
-        );
-    }
-}
 
 async fn seeded_api(db: &str) -> (Api, String, Uuid) {
     let url = fresh_database(db).await;

@@ -122,11 +122,11 @@ async fn hostile_http_requests_get_4xx_and_the_server_stays_up() {
     let client = fixtures(&url).await;
     let secret = b"bad-input-secret-that-is-long-enough-1234";
     let state = AppState {
-        pool: pool(&url, 4).unwrap(),
+        pool: pool(&url, 4, Duration::from_secs(10)).unwrap(),
         keys: Keys::new(secret),
         config: AppConfig {
             request_timeout: Duration::from_secs(10),
-            cors_origins: vec![],
+            ..AppConfig::default()
         },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
