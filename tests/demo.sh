@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 RUN_PORT=${RUN_PORT:-55432}
 export TALLY_BIND=${TALLY_BIND:-127.0.0.1:8080}
-CLUSTER=target/run-cluster
+CLUSTER=${RUN_CLUSTER:-target/run-cluster}
+# The API binary; built here unless given (tests pass the one they built).
+API_BIN=${TALLY_API_BIN:-}
 mkdir -p "$CLUSTER"
 started_cluster=""
 api_pid=""
@@ -31,27 +33,40 @@ if [ -z "${DATABASE_URL:-}" ]; then
     started_cluster=yes
     psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tally'" | grep -q 1 \
         || psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -c "CREATE DATABASE tally"
-    # The demo database of an earlier build may predate functions the API calls:
-    # it holds only demo data, so start it over.
-    if [ "$(psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d tally -tAc \
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally')
-                    AND to_regprocedure('tally.usage_document(text)') IS NULL")" = t ]; then
-        echo "The demo database predates this build; recreating it." >&2
-        psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -c "DROP DATABASE tally" -c "CREATE DATABASE tally"
-    fi
-    export DATABASE_URL="postgres://postgres@127.0.0.1:$RUN_PORT/tally"
+    # A demo database created by an earlier release is updated in place, as any
+    # database with tally is: its sessions and counters stay.
+    psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d tally -c "SET client_min_messages = warning" \
+        -c "DO \$\$ BEGIN IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tally') THEN ALTER EXTENSION tally UPDATE; END IF; END \$\$"
+    # The API connects as a role of its own with the README's writer grants, not
+    # as the superuser: what it may do is what the README documents.
+    export DATABASE_URL="postgres://tally_api@127.0.0.1:$RUN_PORT/tally"
+    ADMIN_URL="postgres://postgres@127.0.0.1:$RUN_PORT/tally"
+else
+    ADMIN_URL=$DATABASE_URL
 fi
 
-# A stable secret per checkout, so tokens printed by an earlier run keep working.
+# A stable secret per checkout, so tokens printed by an earlier run keep working;
+# readable by its owner only.
 if [ -z "${TALLY_JWT_SECRET:-}" ]; then
-    [ -s "$CLUSTER/jwt-secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$CLUSTER/jwt-secret"
+    if [ ! -s "$CLUSTER/jwt-secret" ]; then
+        (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$CLUSTER/jwt-secret")
+    fi
+    chmod 600 "$CLUSTER/jwt-secret"
     TALLY_JWT_SECRET=$(cat "$CLUSTER/jwt-secret")
 fi
 export TALLY_JWT_SECRET
 
-psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" <<'SQL'
+psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS tally;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
+        CREATE ROLE tally_api LOGIN;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA tally TO tally_api;
+GRANT SELECT ON ALL TABLES IN SCHEMA tally TO tally_api;
+GRANT INSERT, UPDATE, DELETE ON tally.sessions TO tally_api;
 INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit, assessments_limit)
 VALUES ('fluency_builder', 'Fluency Builder', 30, 2) ON CONFLICT (plan_id) DO NOTHING;
 INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('kamile', 'fluency_builder') ON CONFLICT (user_id) DO NOTHING;
@@ -60,8 +75,11 @@ VALUES ('6f1c2a9e-0000-4000-8000-000000000001', 'kamile', 'Job interview English
 ON CONFLICT (learning_plan_id) DO NOTHING;
 SQL
 
-cargo build --release -q -p tally-api
-target/release/tally-api serve &
+if [ -z "$API_BIN" ]; then
+    cargo build --release -q -p tally-api
+    API_BIN=target/release/tally-api
+fi
+"$API_BIN" serve &
 api_pid=$!
 for _ in $(seq 1 50); do
     curl -fs "http://$TALLY_BIND/readyz" >/dev/null 2>&1 && break
@@ -69,7 +87,7 @@ for _ in $(seq 1 50); do
 done
 curl -fs "http://$TALLY_BIND/readyz" >/dev/null || { echo "the API did not become ready" >&2; exit 1; }
 
-TOKEN=$(target/release/tally-api token --sub kamile --ttl-seconds 86400)
+TOKEN=$("$API_BIN" token --sub kamile --ttl-seconds 86400)
 API="http://$TALLY_BIND"
 cat <<EOT
 
@@ -90,7 +108,7 @@ Read usage:
   curl -s $API/v1/users/kamile/usage -H "Authorization: Bearer \$TOKEN"
 
 The analyst's view:
-  psql "$DATABASE_URL" -c 'SELECT * FROM tally.current_usage'
+  psql "$ADMIN_URL" -c 'SELECT * FROM tally.current_usage'
 
 Ctrl-C stops everything this started.
 EOT

@@ -1,0 +1,146 @@
+//! `make run`'s script (tests/demo.sh) on a demo database an earlier release created:
+//! it updates the extension in place (the session recorded before stays), runs the API
+//! as a role of its own that is not a superuser, keeps the token secret private, and
+//! its printed token works. Ctrl-C stops what it started.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const PORT: u16 = 55437;
+const BIND: &str = "127.0.0.1:18437";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+async fn sh(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(repo())
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
+    let cluster = repo().join("target/demo-test-cluster");
+    let cluster_arg = cluster.to_str().unwrap();
+    sh(&["tests/cluster.sh", "stop", cluster_arg]).await;
+    let _ = std::fs::remove_dir_all(&cluster);
+    sh(&["tests/cluster.sh", "start", cluster_arg, &PORT.to_string()]).await;
+
+    // The demo database as a 0.1.0 `make run` left it, with one session recorded.
+    let admin = tally_e2e::connect(&format!("postgres://postgres@127.0.0.1:{PORT}/postgres")).await;
+    admin.batch_execute("CREATE DATABASE tally").await.unwrap();
+    let old = tally_e2e::connect(&format!("postgres://postgres@127.0.0.1:{PORT}/tally")).await;
+    old.batch_execute(
+        "CREATE EXTENSION tally VERSION '0.1.0';
+         INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit, assessments_limit)
+         VALUES ('fluency_builder', 'Fluency Builder', 30, 2);
+         INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('kamile', 'fluency_builder');
+         INSERT INTO tally.sessions (user_id, kind) VALUES ('kamile', 'assessment');",
+    )
+    .await
+    .unwrap();
+
+    let mut demo = Command::new("tests/demo.sh")
+        .current_dir(repo())
+        .env("RUN_PORT", PORT.to_string())
+        .env("RUN_CLUSTER", cluster_arg)
+        .env("TALLY_BIND", BIND)
+        .env("TALLY_API_BIN", repo().join("target/debug/tally-api"))
+        .env_remove("DATABASE_URL")
+        .env_remove("TALLY_JWT_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tests/demo.sh");
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut token = None;
+    let printed = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
+                token = Some(t.to_string());
+            }
+            if line.contains("Ctrl-C stops everything") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(printed, Ok(true), "the demo did not start");
+    let token = token.expect("the demo prints a token");
+
+    let extension: String = old
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'tally'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        extension, "0.1.0",
+        "the demo database was not updated in place"
+    );
+
+    let mode = std::fs::metadata(cluster.join("jwt-secret"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the token secret is readable by others: {mode:o}"
+    );
+
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("http://{BIND}/v1/sessions"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"kind": "assessment"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["usage"]["assessments"]["used"], 2,
+        "the session recorded before the update still counts"
+    );
+
+    let roles = old
+        .query(
+            "SELECT DISTINCT a.usename, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename
+              WHERE a.application_name = 'tally-api'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!roles.is_empty(), "no connection of the API found");
+    for role in &roles {
+        let (name, superuser): (String, bool) = (role.get(0), role.get(1));
+        assert!(!superuser, "the API connects as superuser {name}");
+    }
+    drop(old);
+    drop(admin);
+
+    let pid = demo.id().expect("demo pid") as i32;
+    sh(&["kill", "-INT", &pid.to_string()]).await;
+    let exited = tokio::time::timeout(Duration::from_secs(60), demo.wait()).await;
+    assert!(exited.is_ok(), "Ctrl-C did not stop the demo");
+    assert!(
+        std::net::TcpStream::connect(BIND).is_err(),
+        "the API still listens after Ctrl-C"
+    );
+    sh(&["tests/cluster.sh", "stop", cluster_arg]).await;
+}
