@@ -91,11 +91,16 @@ pub fn verify() -> TableIterator<
     }))
 }
 
+/// The one value of a one-column query; None when it returns no row (a period
+/// without completed sessions has no recount row) or NULL.
 fn one_i64(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> Option<i64> {
-    client
+    let rows = client
         .update(sql, Some(1), args)
-        .unwrap_or_else(|e| panic!("tally: repair query failed: {e}"))
-        .first()
+        .unwrap_or_else(|e| panic!("tally: repair query failed: {e}"));
+    if rows.is_empty() {
+        return None;
+    }
+    rows.first()
         .get_one::<i64>()
         .unwrap_or_else(|e| panic!("tally: repair query returned an unexpected value: {e}"))
 }
