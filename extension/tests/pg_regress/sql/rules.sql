@@ -13,6 +13,10 @@ INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at) VALUE
     ('66666666-0000-4000-8000-000000000001', 'ana', 'practice', 'started', '2026-10-01 10:00+00'),
     ('66666666-0000-4000-8000-000000000002', 'ana', 'practice', 'completed', '2026-10-01 11:00+00'),
     ('66666666-0000-4000-8000-000000000003', 'ana', 'practice', 'abandoned', '2026-10-01 12:00+00');
+-- ben's learning plan, with one completed session
+INSERT INTO tally.learning_plans (learning_plan_id, user_id, title) VALUES ('66666666-0000-4000-8000-0000000000a0', 'ben', 'Travel');
+INSERT INTO tally.sessions (user_id, kind, learning_plan_id, started_at)
+VALUES ('ben', 'learning_plan', '66666666-0000-4000-8000-0000000000a0', '2026-10-01 13:00+00');
 TRUNCATE before_counts;
 INSERT INTO before_counts SELECT (SELECT count(*) FROM tally.sessions), (SELECT sum(practice_sessions_used + assessments_used) FROM tally.usage);
 
@@ -45,7 +49,7 @@ INSERT INTO tally.sessions (user_id, kind, status, started_at, completed_at) VAL
 \set VERBOSITY default
 -- learning plan of another user
 INSERT INTO tally.sessions (user_id, kind, learning_plan_id, started_at)
-VALUES ('ana', 'learning_plan', '33333333-0000-4000-8000-000000000001', '2026-10-02 10:00+00');
+VALUES ('ana', 'learning_plan', '66666666-0000-4000-8000-0000000000a0', '2026-10-02 10:00+00');
 \echo :LAST_ERROR_SQLSTATE
 SELECT pg_temp.nothing_written();
 
@@ -98,7 +102,7 @@ UPDATE tally.learning_plans SET title = 'Renamed' WHERE learning_plan_id = '7777
 SELECT pg_temp.nothing_written();
 
 -- a learning plan with completed sessions cannot be deleted
-DELETE FROM tally.learning_plans WHERE learning_plan_id = '33333333-0000-4000-8000-000000000001';
+DELETE FROM tally.learning_plans WHERE learning_plan_id = '66666666-0000-4000-8000-0000000000a0';
 \echo :LAST_ERROR_SQLSTATE
 
 -- a kind's counter is fixed once completed sessions of it exist; unused kinds may be remapped

@@ -10,6 +10,9 @@ INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit, assessm
     ('unlimited', 'Unlimited', NULL, NULL),
     ('tiny', 'Tiny', 3, 1);
 
+-- A kind that counts nothing.
+INSERT INTO tally.session_kinds VALUES ('warmup', 'none');
+
 INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES
     ('ana', 'unlimited', '2026-01-01 00:00+00'),
     ('ben', 'unlimited', '2026-01-01 00:00+00'),

@@ -88,7 +88,6 @@ SELECT title, completed_sessions FROM tally.learning_plans WHERE learning_plan_i
 SELECT public.consistent();
 
 -- a kind mapped to none is stored but counts nowhere (except its learning plan)
-INSERT INTO tally.session_kinds VALUES ('warmup', 'none');
 INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('ana', 'warmup', '2026-03-12 09:00+00');
 SELECT * FROM public.usage_by_period WHERE user_id = 'ana' AND period = '2026-03-01';
 SELECT public.consistent();
