@@ -7,6 +7,8 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 export PGBIN := $(shell $(PG_CONFIG) --bindir)
 PGXS_SRC := $(abspath $(dir $(shell $(PG_CONFIG) --pgxs))..)
 PG_SHAREDIR := $(shell $(PG_CONFIG) --sharedir)
+PG_PKGLIBDIR := $(shell $(PG_CONFIG) --pkglibdir)
+PG_MAJOR := $(shell $(PG_CONFIG) --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 PGRX_VERSION := 0.18.1
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -29,7 +31,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test test test-db test-cluster stop-test-cluster run bench soak clean
+        upgrade-test package package-test test test-db test-cluster stop-test-cluster run bench soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -139,10 +141,37 @@ schemathesis: test-cluster
 	$(call fresh_db,tally_schemathesis)
 	tests/schemathesis.sh $(TEST_URL)/tally_schemathesis
 
+# Debian packages of the extension (postgresql-15-tally) and of tally-api, in target/debian.
+package: setup
+	cargo pgrx package --pg-config $(PG_CONFIG) -p tally
+	cargo build --release -p tally-api
+	tests/package.sh $(VERSION) $(PG_CONFIG) $(RELEASES)
+
+# Installs the extension package into a PostgreSQL without tally (the files of earlier
+# installs removed first), runs the pg_regress suite and an update from the oldest
+# release against it, checks the API package, removes both packages and installs the
+# build under test again.
+package-test: package
+	rm -f $(PG_PKGLIBDIR)/tally.so $(PG_SHAREDIR)/extension/tally.control $(PG_SHAREDIR)/extension/tally--*.sql
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ./target/debian/postgresql-$(PG_MAJOR)-tally_$(VERSION)_*.deb
+	dpkg -L postgresql-$(PG_MAJOR)-tally | grep -q '/tally.so$$'
+	@$(MAKE) --no-print-directory test-cluster
+	$(call fresh_db,tally_package)
+	$(call run_regress,tally_package)
+	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d postgres -c "DROP DATABASE IF EXISTS tally_package_old" -c "CREATE DATABASE tally_package_old"
+	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d tally_package_old \
+	    -c "CREATE EXTENSION tally VERSION '$(firstword $(RELEASES))'" -c "ALTER EXTENSION tally UPDATE" \
+	    -c "SELECT extversion FROM pg_extension WHERE extname = 'tally'" | grep -q $(VERSION)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ./target/debian/tally-api_$(VERSION)_*.deb
+	/usr/bin/tally-api --version | grep -q $(VERSION)
+	dpkg -r tally-api postgresql-$(PG_MAJOR)-tally >/dev/null
+	test ! -e $(PG_PKGLIBDIR)/tally.so
+	@$(MAKE) --no-print-directory install
+
 test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis
+	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis package-test
 
 run: install-release
 	tests/demo.sh
