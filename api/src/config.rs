@@ -22,7 +22,7 @@ impl Cli {
         let named = args.get(1).and_then(|a| a.to_str()).is_some_and(|a| {
             matches!(
                 a,
-                "serve" | "token" | "help" | "-h" | "--help" | "-V" | "--version"
+                "serve" | "token" | "openapi" | "help" | "-h" | "--help" | "-V" | "--version"
             )
         });
         if !named {
@@ -35,9 +35,11 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a signed token for local use.
     Token(TokenArgs),
+    /// Print the OpenAPI 3 document (what GET /openapi.json serves), for client generators.
+    Openapi,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -64,6 +66,67 @@ pub struct ServeArgs {
     /// Service tokens may import history.
     #[arg(long, env = "TALLY_MAX_BACKDATE", default_value = "24h", value_parser = parse_duration)]
     pub max_backdate: std::time::Duration,
+    #[command(flatten)]
+    pub identity_provider: IdentityProviderArgs,
+}
+
+/// Tokens from the app's identity provider (RS256, ES256, EdDSA), besides HS256.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityProviderArgs {
+    /// The provider's public key: PEM text, or the path of a PEM file.
+    #[arg(long = "jwt-public-key", env = "TALLY_JWT_PUBLIC_KEY")]
+    pub public_key: Option<String>,
+    /// The provider's JWKS document: an https:// or http:// URL, a file:// URL or a path.
+    /// Fetched at start, and again when a token names an unknown key id.
+    #[arg(long = "jwks-url", env = "TALLY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Required `iss` of every token, when set.
+    #[arg(long = "jwt-issuer", env = "TALLY_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// Required `aud` of every token, when set.
+    #[arg(long = "jwt-audience", env = "TALLY_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// The claim that holds the user id (e.g. a provider's namespaced custom claim).
+    #[arg(
+        long = "jwt-user-claim",
+        env = "TALLY_JWT_USER_CLAIM",
+        default_value = "sub"
+    )]
+    pub user_claim: String,
+    /// The claim that holds the role: `service` (or an array containing it) for a
+    /// service token, anything else for a user token.
+    #[arg(
+        long = "jwt-role-claim",
+        env = "TALLY_JWT_ROLE_CLAIM",
+        default_value = "role"
+    )]
+    pub role_claim: String,
+}
+
+impl IdentityProviderArgs {
+    /// The keys and rules tokens are verified with, besides HS256 with `secret`.
+    pub async fn keys(&self, secret: &[u8]) -> Result<crate::Keys, String> {
+        let mut keys = crate::Keys::new(secret).with_rules(crate::auth::TokenRules {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            user_claim: self.user_claim.clone(),
+            role_claim: self.role_claim.clone(),
+        });
+        if let Some(value) = &self.public_key {
+            let pem = if value.trim_start().starts_with("-----BEGIN") {
+                value.as_bytes().to_vec()
+            } else {
+                std::fs::read(value)
+                    .map_err(|e| format!("cannot read TALLY_JWT_PUBLIC_KEY file {value}: {e}"))?
+            };
+            keys = keys.with_public_key(&pem)?;
+        }
+        if let Some(location) = &self.jwks_url {
+            keys =
+                keys.with_jwks(crate::jwks::Jwks::load(location, crate::jwks::MIN_REFRESH).await?);
+        }
+        Ok(keys)
+    }
 }
 
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {

@@ -7,6 +7,7 @@ mod db;
 pub mod error;
 mod extract;
 pub mod health;
+pub mod jwks;
 pub mod model;
 pub mod openapi;
 mod sessions;

@@ -16,7 +16,12 @@ async fn main() {
                 Keys::new(&args.secret.jwt_secret.0).mint(&args.sub, role, args.ttl_seconds)
             );
         }
-        Command::Serve(args) => serve(args).await,
+        Command::Openapi => println!(
+            "{}",
+            serde_json::to_string_pretty(tally_api::openapi::document())
+                .expect("the document serializes")
+        ),
+        Command::Serve(args) => serve(*args).await,
     }
 }
 
@@ -30,9 +35,14 @@ async fn serve(args: ServeArgs) {
     let request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
     let pool =
         pool(&args.database_url, args.pool_size, request_timeout).unwrap_or_else(|e| fail(&e));
+    let keys = args
+        .identity_provider
+        .keys(&args.secret.jwt_secret.0)
+        .await
+        .unwrap_or_else(|e| fail(&e));
     let state = AppState {
         pool,
-        keys: Keys::new(&args.secret.jwt_secret.0),
+        keys,
         config: AppConfig {
             request_timeout,
             cors_origins: args.cors_origins,
