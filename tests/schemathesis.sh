@@ -14,10 +14,16 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     "$venv/bin/pip" install -q 'schemathesis>=4,<5'
 fi
 
+# The data tests/schemathesis_hooks.py points generated requests at. The plan is
+# unlimited so that hundreds of generated sessions are not refused for quota.
 psql -X -q -v ON_ERROR_STOP=1 "$database_url" <<'SQL'
 SET client_min_messages = warning;
-INSERT INTO tally.plans VALUES ('fluency_builder', 'Fluency Builder', 30, 2, '1 month') ON CONFLICT DO NOTHING;
-INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('kamile', 'fluency_builder') ON CONFLICT DO NOTHING;
+INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '1 month') ON CONFLICT DO NOTHING;
+INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('kamile', 'open') ON CONFLICT DO NOTHING;
+INSERT INTO tally.learning_plans (learning_plan_id, user_id, title)
+VALUES ('5c4e0000-0000-4000-8000-0000000000a1', 'kamile', 'Schemathesis') ON CONFLICT DO NOTHING;
+INSERT INTO tally.sessions (session_id, user_id, kind, status)
+VALUES ('5c4e0000-0000-4000-8000-000000000001', 'kamile', 'practice', 'started') ON CONFLICT DO NOTHING;
 SQL
 
 export TALLY_JWT_SECRET=schemathesis-secret-that-is-long-enough
@@ -28,7 +34,7 @@ trap 'kill $api_pid 2>/dev/null; wait $api_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 
 token=$(target/debug/tally-api token --sub kamile --role service)
-"$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+SCHEMATHESIS_HOOKS=tests/schemathesis_hooks.py "$venv/bin/schemathesis" --config-file tests/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --header "Authorization: Bearer $token" \
     --max-examples "${SCHEMATHESIS_EXAMPLES:-60}" \

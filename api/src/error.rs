@@ -55,11 +55,38 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// The stable, machine-readable error codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400 or 422: malformed, or refused by the rules
+    #[default]
+    InvalidRequest,
+    /// 401: missing, bad or expired token
+    Unauthorized,
+    /// 403: someone else's data
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 405
+    MethodNotAllowed,
+    /// 409: a session id reused with other content
+    Conflict,
+    /// 409: a status change that is not allowed
+    InvalidTransition,
+    /// 402: the plan limit is reached
+    QuotaExceeded,
+    /// 413: body over 64 KiB
+    PayloadTooLarge,
+    /// 503: database down or request over the time limit
+    Unavailable,
+    /// 500: a bug
+    Internal,
+}
+
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
-    /// conflict, invalid_transition, quota_exceeded, payload_too_large, unavailable, internal.
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// quota_exceeded only: practice_sessions or assessments
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,18 +121,18 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::Unprocessable(_) => "invalid_request",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::InvalidTransition(_) => "invalid_transition",
-            ApiError::QuotaExceeded(_) => "quota_exceeded",
-            ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::BadRequest(_) | ApiError::Unprocessable(_) => ErrorCode::InvalidRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::InvalidTransition(_) => ErrorCode::InvalidTransition,
+            ApiError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -140,16 +167,21 @@ impl IntoResponse for ApiError {
 /// wrong methods, oversized bodies, caught panics (500) and timeouts (503).
 pub fn envelope_for(status: StatusCode) -> Response {
     let (code, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            ("method_not_allowed", "method not allowed on this route")
-        }
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ("payload_too_large", "request body is larger than 64 KiB")
-        }
-        StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::INTERNAL_SERVER_ERROR => ("internal", "internal error"),
-        s if s.is_server_error() => ("unavailable", "the service cannot answer right now"),
-        _ => ("invalid_request", "the request was refused"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            ErrorCode::PayloadTooLarge,
+            "request body is larger than 64 KiB",
+        ),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+        StatusCode::INTERNAL_SERVER_ERROR => (ErrorCode::Internal, "internal error"),
+        s if s.is_server_error() => (
+            ErrorCode::Unavailable,
+            "the service cannot answer right now",
+        ),
+        _ => (ErrorCode::InvalidRequest, "the request was refused"),
     };
     let body = ErrorBody {
         error: ErrorDetail {

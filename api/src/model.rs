@@ -43,15 +43,20 @@ impl FinalStatus {
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
     pub session_id: Option<Uuid>,
-    /// Defaults to the token's `sub`.
+    /// Defaults to the token's `sub`. A user token may name only its own.
+    #[schema(min_length = 1, pattern = r"^[^\u0000]+$")]
     pub user_id: Option<String>,
-    /// A kind mapped in tally.session_kinds: practice, learning_plan, assessment, ...
+    /// A session kind this service knows: practice, learning_plan and assessment,
+    /// and any kind its operator added.
+    #[schema(min_length = 1, pattern = r"^[^\u0000]+$", example = "practice")]
     pub kind: String,
     pub learning_plan_id: Option<Uuid>,
     /// `completed` (default) counts now; `started` reserves a slot until completed.
     pub status: Option<NewStatus>,
-    /// RFC 3339; defaults to now; at most 5 minutes ahead.
+    /// RFC 3339; defaults to now; at most 5 minutes ahead. With a user token, at most
+    /// TALLY_MAX_BACKDATE (24 hours) in the past and within the current billing period.
     pub started_at: Option<DateTime<Utc>>,
+    /// Not before `started_at`.
     pub completed_at: Option<DateTime<Utc>>,
     #[schema(minimum = 0)]
     pub duration_seconds: Option<i32>,

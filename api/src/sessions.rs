@@ -125,7 +125,7 @@ pub async fn create_session(
 /// Read a session
 #[utoipa::path(
     get, path = "/v1/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path, description = "Session id (UUID)")),
+    params(("session_id" = Uuid, Path, description = "Session id")),
     responses(
         (status = 200, body = Session),
         (status = 401, body = ErrorBody),
@@ -155,7 +155,7 @@ pub async fn get_session(
 /// change that is already applied returns 200.
 #[utoipa::path(
     patch, path = "/v1/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path, description = "Session id (UUID)")),
+    params(("session_id" = Uuid, Path, description = "Session id")),
     request_body = SessionUpdate,
     responses(
         (status = 200, body = SessionWithUsage),
