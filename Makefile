@@ -31,7 +31,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test package package-test test test-db test-cluster stop-test-cluster run bench soak clean
+        upgrade-test package package-test client client-test browser-test test test-db test-cluster stop-test-cluster run bench soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -41,12 +41,16 @@ help:
 # System packages and the pinned cargo-pgrx; every step is skipped when already done.
 setup:
 	@missing=""; \
-	for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo wrk python3-venv; do \
+	for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo wrk python3-venv openssl chromium; do \
 	    dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if ! command -v npm >/dev/null 2>&1; then \
+	    echo "installing nodejs and npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
 	@if ! cargo pgrx --version 2>/dev/null | grep -q "$(PGRX_VERSION)"; then \
 	    echo "installing cargo-pgrx $(PGRX_VERSION) (a few minutes)"; \
@@ -141,6 +145,23 @@ schemathesis: test-cluster
 	$(call fresh_db,tally_schemathesis)
 	tests/schemathesis.sh $(TEST_URL)/tally_schemathesis
 
+# Regenerates the TypeScript client's OpenAPI document and types from the API's code.
+client:
+	cargo build -q -p tally-api
+	target/debug/tally-api openapi > clients/typescript/openapi.json
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run generate
+
+# The TypeScript client: generated files current, type-checked, tested under Node
+# against the real API.
+client-test: test-cluster
+	$(call fresh_db,tally_client)
+	tests/client_test.sh $(TEST_URL)/tally_client
+
+# The usage page (web/) in headless Chromium against the real API; target/usage-page.png.
+browser-test: test-cluster
+	$(call fresh_db,tally_browser)
+	tests/browser_test.sh $(TEST_URL)/tally_browser
+
 # Debian packages of the extension (postgresql-15-tally) and of tally-api, in target/debian.
 package: setup
 	cargo pgrx package --pg-config $(PG_CONFIG) -p tally
@@ -171,7 +192,7 @@ package-test: package
 test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis package-test
+	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis client-test browser-test package-test
 
 run: install-release
 	tests/demo.sh
