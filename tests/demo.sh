@@ -6,15 +6,22 @@ cd "$(dirname "$0")/.."
 
 RUN_PORT=${RUN_PORT:-55432}
 export TALLY_BIND=${TALLY_BIND:-127.0.0.1:8080}
+# The usage page is served from its own origin; the API allows it by CORS.
+PAGE_BIND=${PAGE_BIND:-127.0.0.1:8081}
+export TALLY_CORS_ORIGINS=${TALLY_CORS_ORIGINS:-http://$PAGE_BIND}
 CLUSTER=${RUN_CLUSTER:-target/run-cluster}
 # The API binary; built here unless given (tests pass the one they built).
 API_BIN=${TALLY_API_BIN:-}
 mkdir -p "$CLUSTER"
 started_cluster=""
 api_pid=""
+page_pid=""
 
 cleanup() {
     trap - INT TERM EXIT
+    if [ -n "$page_pid" ]; then
+        kill "$page_pid" 2>/dev/null || true
+    fi
     if [ -n "$api_pid" ] && kill -0 "$api_pid" 2>/dev/null; then
         kill -TERM "$api_pid" 2>/dev/null || true
         wait "$api_pid" 2>/dev/null || true
@@ -87,6 +94,14 @@ for _ in $(seq 1 50); do
 done
 curl -fs "http://$TALLY_BIND/readyz" >/dev/null || { echo "the API did not become ready" >&2; exit 1; }
 
+python3 -m http.server --bind "${PAGE_BIND%:*}" --directory web "${PAGE_BIND##*:}" >/dev/null 2>&1 &
+page_pid=$!
+for _ in $(seq 1 50); do
+    curl -fs "http://$PAGE_BIND/" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fs "http://$PAGE_BIND/" >/dev/null || { echo "the usage page server did not start on $PAGE_BIND" >&2; exit 1; }
+
 TOKEN=$("$API_BIN" token --sub kamile --ttl-seconds 86400)
 API="http://$TALLY_BIND"
 cat <<EOT
@@ -106,6 +121,9 @@ Record a learning-plan session, then an assessment:
 
 Read usage:
   curl -s $API/v1/users/kamile/usage -H "Authorization: Bearer \$TOKEN"
+
+The usage page (bars, learning plans, buttons that record sessions):
+  http://$PAGE_BIND/#api=$API&token=$TOKEN
 
 The analyst's view:
   psql "$ADMIN_URL" -c 'SELECT * FROM tally.current_usage'

@@ -13,6 +13,7 @@ use tokio::process::Command;
 
 const PORT: u16 = 55437;
 const BIND: &str = "127.0.0.1:18437";
+const PAGE_BIND: &str = "127.0.0.1:18438";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -26,6 +27,24 @@ async fn sh(args: &[&str]) {
         .await
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(status.success(), "{args:?} failed");
+}
+
+/// The demo's process group and cluster, stopped even when an assertion fails.
+struct Running {
+    pid: u32,
+    cluster: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pid)])
+            .status();
+        let _ = std::process::Command::new("tests/cluster.sh")
+            .args(["stop", &self.cluster])
+            .current_dir(repo())
+            .status();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,20 +74,33 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
         .env("RUN_PORT", PORT.to_string())
         .env("RUN_CLUSTER", cluster_arg)
         .env("TALLY_BIND", BIND)
+        .env("PAGE_BIND", PAGE_BIND)
+        .env_remove("TALLY_CORS_ORIGINS")
         .env("TALLY_API_BIN", repo().join("target/debug/tally-api"))
         .env_remove("DATABASE_URL")
         .env_remove("TALLY_JWT_SECRET")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .expect("start tests/demo.sh");
+    let _running = Running {
+        pid: demo.id().expect("demo pid"),
+        cluster: cluster_arg.to_string(),
+    };
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut token = None;
+    let mut page_link = None;
     let printed = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
                 token = Some(t.to_string());
+            }
+            if line
+                .trim()
+                .starts_with(&format!("http://{PAGE_BIND}/#api="))
+            {
+                page_link = Some(line.trim().to_string());
             }
             if line.contains("Ctrl-C stops everything") {
                 return true;
@@ -79,6 +111,10 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     .await;
     assert_eq!(printed, Ok(true), "the demo did not start");
     let token = token.expect("the demo prints a token");
+    assert!(
+        page_link.is_some_and(|link| link.ends_with(&format!("token={token}"))),
+        "the demo prints a link to the usage page with the token"
+    );
 
     let extension: String = old
         .query_one(
@@ -118,6 +154,40 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
         "the session recorded before the update still counts"
     );
 
+    // The usage page, from its own origin, which the API allows.
+    let page = http
+        .get(format!("http://{PAGE_BIND}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("Your practice this month"));
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{BIND}/v1/sessions"),
+        )
+        .header("Origin", format!("http://{PAGE_BIND}"))
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some(format!("http://{PAGE_BIND}"))
+    );
+
     let roles = old
         .query(
             "SELECT DISTINCT a.usename, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename
@@ -138,9 +208,11 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     sh(&["kill", "-INT", &pid.to_string()]).await;
     let exited = tokio::time::timeout(Duration::from_secs(60), demo.wait()).await;
     assert!(exited.is_ok(), "Ctrl-C did not stop the demo");
-    assert!(
-        std::net::TcpStream::connect(BIND).is_err(),
-        "the API still listens after Ctrl-C"
-    );
+    for address in [BIND, PAGE_BIND] {
+        assert!(
+            std::net::TcpStream::connect(address).is_err(),
+            "{address} still listens after Ctrl-C"
+        );
+    }
     sh(&["tests/cluster.sh", "stop", cluster_arg]).await;
 }
