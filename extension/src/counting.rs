@@ -10,115 +10,21 @@
 //! small prepared statements with scalar parameters; any other statement takes the
 //! set-based path. Both apply the same deltas and the same limit check.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::{pg_sys, PgOid, PgTrigger};
+use pgrx::spi::SpiClient;
+use pgrx::{pg_sys, PgTrigger};
 
 use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, UPDATE};
-use crate::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::counted::{command_id, remember, Counted};
+use crate::counter::Counter;
+use crate::errors::{entry, TallyResult};
 use crate::internal::InternalWrite;
+use crate::limits::{check_limits, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
-
-thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
-    static LAST_COUNTED: RefCell<Option<Counted>> = const { RefCell::new(None) };
-}
-
-/// The counters the last single-row INSERT of this backend left behind, as its
-/// trigger saw them right after the write (it holds the usage row lock until commit).
-/// `tally.session_usage_document` builds the usage document from them instead of
-/// reading them again. Every counting statement replaces or clears it, any later
-/// write in the transaction makes it stale (`command_id`), and rolling back a
-/// subtransaction or ending the transaction forgets it.
-pub(crate) struct Counted {
-    /// The command counter right after the count: any later write advances it.
-    pub command_id: pg_sys::CommandId,
-    pub session_id: pgrx::Uuid,
-    pub user_id: String,
-    pub plan_id: String,
-    pub anchor: TimestampWithTimeZone,
-    pub period: Interval,
-    pub period_start: TimestampWithTimeZone,
-    pub period_end: TimestampWithTimeZone,
-    pub practice_used: i32,
-    pub assessments_used: i32,
-    pub practice_limit: Option<i32>,
-    pub assessments_limit: Option<i32>,
-    /// Reservations (practice, assessments), when the limit check counted them.
-    pub in_progress: Option<(i32, i32)>,
-}
-
-fn remember(counted: Option<Counted>) {
-    LAST_COUNTED.with(|last| *last.borrow_mut() = counted);
-}
-
-/// What the last counting statement left behind, if it was the single-row INSERT of
-/// `session_id` and nothing was written since. Taken, so it is used at most once.
-pub(crate) fn take_counted(session_id: pgrx::Uuid) -> Option<Counted> {
-    LAST_COUNTED
-        .with(|last| last.borrow_mut().take())
-        .filter(|counted| counted.session_id == session_id && counted.command_id == command_id())
-}
-
-fn command_id() -> pg_sys::CommandId {
-    // SAFETY: reads the backend's current command counter without marking it used.
-    unsafe { pg_sys::GetCurrentCommandId(false) }
-}
-
-/// Forgets what counting left behind (transaction end, subtransaction rollback).
-pub(crate) fn forget_counted() {
-    remember(None);
-}
-
-/// Runs `sql` through a plan prepared once per backend. The plan cache re-plans by
-/// itself when the tables change.
-pub(crate) fn run_cached<'conn>(
-    client: &mut SpiClient<'conn>,
-    sql: &'static str,
-    types: &[PgOid],
-    args: &[DatumWithOid<'_>],
-) -> SpiTupleTable<'conn> {
-    let cached = PLANS.with(|plans| plans.borrow().get(sql).cloned());
-    let plan = match cached {
-        Some(plan) => plan,
-        None => {
-            let plan = Rc::new(
-                client
-                    .prepare_mut(sql, types)
-                    .unwrap_or_else(|e| panic!("tally: cannot prepare query: {e}"))
-                    .keep(),
-            );
-            PLANS.with(|plans| plans.borrow_mut().insert(sql, Rc::clone(&plan)));
-            plan
-        }
-    };
-    client
-        .update(&*plan, None, args)
-        .unwrap_or_else(|e| panic!("tally: query failed: {e}"))
-}
-
-// Parameter types of the prepared statements.
-pub(crate) const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
-pub(crate) const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
-pub(crate) const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
-const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
-const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
-
-/// Makes the statement's transition tables (tally_new, tally_old) visible to SPI.
-pub(crate) fn register_transition_tables(trigger: &PgTrigger<'_>) {
-    let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
-    // SAFETY: called inside an SPI connection with the trigger data PostgreSQL passed in.
-    let rc = unsafe { pg_sys::SPI_register_trigger_data(data) };
-    assert!(rc >= 0, "tally: SPI_register_trigger_data failed ({rc})");
-}
+use crate::spi::{
+    get, get_nullable, register_transition_tables, run_cached, BOOL, INT4, TEXT, TIMESTAMPTZ, UUID,
+};
 
 const INSERT_SQL: &str = r#"
 WITH counted AS (
@@ -169,33 +75,6 @@ CROSS JOIN LATERAL (VALUES
 ) AS c(counter, used, done, added, lim, unheld)
 WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
 ORDER BY up.user_id, up.period_start, c.counter
-"#;
-
-/// Started sessions still holding a reservation in one (user, period), per counter
-/// (practice, assessments): the same index range either way, and the usage document
-/// needs both. A separate statement so that its snapshot is taken after the usage row
-/// lock; scalar parameters so that its plan is prepared once.
-const RESERVATIONS_SQL: &str = r#"
-SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
-       count(*) FILTER (WHERE k.counter = 'assessments')::int
-  FROM tally.sessions x
-  JOIN tally.session_kinds k ON k.kind = x.kind
- WHERE x.user_id = $1 AND x.status = 'started'
-   AND x.started_at >= $2 AND x.started_at < $3
-   AND x.started_at > now() - tally.reservation_timeout()
-"#;
-
-/// The same count for many candidates at once, in one statement (bulk loads).
-const RESERVATIONS_MANY_SQL: &str = r#"
-SELECT (SELECT count(*)
-          FROM tally.sessions x
-          JOIN tally.session_kinds k ON k.kind = x.kind
-         WHERE x.user_id = t.user_id AND x.status = 'started' AND k.counter = t.counter
-           AND x.started_at >= t.period_start AND x.started_at < t.period_end
-           AND x.started_at > now() - tally.reservation_timeout())::int
-  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-       WITH ORDINALITY AS t(user_id, counter, period_start, period_end, ord)
- ORDER BY t.ord
 "#;
 
 /// The single changed row of a statement, with what counting it needs.
@@ -321,58 +200,6 @@ const DELETE_SQL: &str = delta_sql!(
        FROM tally_old WHERE status = 'completed'"
 );
 
-/// A (user, period, counter) that this statement added metered sessions to, under a limit.
-struct LimitCheck {
-    user_id: String,
-    period_start: TimestampWithTimeZone,
-    period_end: TimestampWithTimeZone,
-    counter: String,
-    /// Completed sessions in the period after this statement.
-    used: i32,
-    /// How many of those this statement completed.
-    done: i32,
-    /// Sessions this statement adds to the limit: new started or completed ones,
-    /// and completions whose reservation had expired.
-    added: i32,
-    limit: i32,
-    /// New started sessions whose reservation expired at birth: they hold no slot
-    /// (not in the reservation count) but each needs one free when inserted.
-    unheld: i32,
-}
-
-impl LimitCheck {
-    fn from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Self {
-        LimitCheck {
-            user_id: get(row, 1),
-            period_start: get(row, 2),
-            period_end: get(row, 3),
-            counter: get(row, 4),
-            used: get(row, 5),
-            done: get(row, 6),
-            added: get(row, 7),
-            limit: get(row, 8),
-            unheld: get(row, 9),
-        }
-    }
-}
-
-fn get<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    row: &pgrx::spi::SpiHeapTupleData<'_>,
-    ordinal: usize,
-) -> T {
-    get_nullable(row, ordinal)
-        .unwrap_or_else(|| panic!("tally: NULL counting result column {ordinal}"))
-}
-
-/// A column of a counting query that may be NULL.
-fn get_nullable<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    row: &pgrx::spi::SpiHeapTupleData<'_>,
-    ordinal: usize,
-) -> Option<T> {
-    row.get::<T>(ordinal)
-        .unwrap_or_else(|e| panic!("tally: bad counting result column {ordinal}: {e}"))
-}
-
 /// Rows in a transition table, without reading it.
 fn rows_in(table: *mut pg_sys::Tuplestorestate) -> i64 {
     if table.is_null() {
@@ -444,7 +271,7 @@ struct RowFacts {
     status: String,
     started_at: TimestampWithTimeZone,
     learning_plan_id: Option<pgrx::Uuid>,
-    counter: String,
+    counter: Counter,
     anchor: TimestampWithTimeZone,
     period: Interval,
     practice_limit: Option<i32>,
@@ -474,34 +301,12 @@ impl RowFacts {
         self.status == "completed"
     }
 
-    fn metered(&self) -> bool {
-        self.counter != "none"
-    }
-
     fn limit(&self) -> Option<i32> {
-        of_counter(&self.counter, self.practice_limit, self.assessments_limit)
+        self.counter.of(self.practice_limit, self.assessments_limit)
     }
 
     fn period_bounds(&self) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
         crate::period::period_bounds(self.anchor, &self.period, self.started_at)
-    }
-
-    /// (practice, assessments) deltas for a change of `sign` to this session.
-    fn deltas(&self, sign: i32) -> (i32, i32) {
-        match self.counter.as_str() {
-            "practice_sessions" => (sign, 0),
-            "assessments" => (0, sign),
-            _ => (0, 0),
-        }
-    }
-}
-
-/// The value of a metered `counter` out of a (practice, assessments) pair.
-fn of_counter<T>(counter: &str, practice: T, assessments: T) -> T {
-    if counter == "practice_sessions" {
-        practice
-    } else {
-        assessments
     }
 }
 
@@ -513,7 +318,7 @@ fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
             status: get(&row, 2),
             started_at: get(&row, 3),
             learning_plan_id: get_nullable(&row, 4),
-            counter: get(&row, 5),
+            counter: Counter::from_sql(&get::<String>(&row, 5)),
             anchor: get(&row, 6),
             period: get(&row, 7),
             practice_limit: get_nullable(&row, 8),
@@ -538,9 +343,9 @@ fn apply_one(
     let mut usage = None;
 
     // user_id, kind and started_at never change, so both rows share one usage row.
-    if let Some(facts) = new.or(old).filter(|r| r.metered()) {
+    if let Some(facts) = new.or(old).filter(|r| r.counter.metered()) {
         let sign = counted(new) - counted(old);
-        let (practice, assessments) = facts.deltas(sign);
+        let (practice, assessments) = facts.counter.deltas(sign);
         let (start, end) = facts.period_bounds();
         let reserves = old.is_none() && new.is_some_and(|n| n.status != "abandoned");
         // Completing a session whose reservation expired takes a slot it no longer
@@ -562,7 +367,7 @@ fn apply_one(
             );
             let row = rows.next().expect("an upsert returns its row");
             let (practice_used, assessments_used): (i32, i32) = (get(&row, 1), get(&row, 2));
-            let used = of_counter(&facts.counter, practice_used, assessments_used);
+            let used = facts.counter.of(practice_used, assessments_used);
             usage = Some(UsageAfter {
                 period_start: start,
                 period_end: end,
@@ -575,7 +380,7 @@ fn apply_one(
                     user_id: facts.user_id.clone(),
                     period_start: start,
                     period_end: end,
-                    counter: facts.counter.clone(),
+                    counter: facts.counter,
                     used,
                     done: sign,
                     added: 1,
@@ -617,127 +422,6 @@ fn apply_one(
         );
     }
     Applied { checks, usage }
-}
-
-/// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
-///
-/// The reservation count is a lookup in a partial index. Its plan is cached for the
-/// life of the connection, and a plan made while tally.sessions is empty (a fresh
-/// install, a test) would otherwise be a sequential scan kept as the table grows.
-pub(crate) struct IndexOnlyPlanning(std::os::raw::c_int);
-
-impl IndexOnlyPlanning {
-    pub(crate) fn begin() -> Self {
-        // SAFETY: a local GUC change inside a nest level, as a function's SET clause does.
-        unsafe {
-            let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"enable_seqscan".as_ptr(),
-                c"off".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            IndexOnlyPlanning(level)
-        }
-    }
-}
-
-impl Drop for IndexOnlyPlanning {
-    fn drop(&mut self) {
-        // SAFETY: closes the nest level opened in begin().
-        unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
-    }
-}
-
-/// Refuses the statement if any (user, period, counter) it added to is now past its
-/// limit once reservations are counted. For a single check, returns the reservations
-/// it counted in that user's period: (practice, assessments).
-fn check_limits(
-    client: &mut SpiClient<'_>,
-    checks: &[LimitCheck],
-) -> TallyResult<Option<(i32, i32)>> {
-    let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
-    let mut both = None;
-    let in_progress: Vec<i32> = match checks {
-        [] => Vec::new(),
-        [check] => {
-            let row = run_cached(
-                client,
-                RESERVATIONS_SQL,
-                &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
-                &[
-                    check.user_id.clone().into(),
-                    check.period_start.into(),
-                    check.period_end.into(),
-                ],
-            )
-            .next()
-            .expect("a count returns a row");
-            let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
-            both = Some((practice, assessments));
-            vec![of_counter(&check.counter, practice, assessments)]
-        }
-        many => {
-            let users: Vec<String> = many.iter().map(|c| c.user_id.clone()).collect();
-            let counters: Vec<String> = many.iter().map(|c| c.counter.clone()).collect();
-            let starts: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_start).collect();
-            let ends: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_end).collect();
-            run_cached(
-                client,
-                RESERVATIONS_MANY_SQL,
-                &[TEXT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY, TIMESTAMPTZ_ARRAY],
-                &[users.into(), counters.into(), starts.into(), ends.into()],
-            )
-            .map(|row| get(&row, 1))
-            .collect()
-        }
-    };
-    for (check, in_progress) in checks.iter().zip(in_progress) {
-        // Checked one by one, a started session whose reservation expired at birth
-        // needs one free slot but holds none after it, so any number of them
-        // need just the one.
-        if check.used + in_progress + check.unheld.min(1) > check.limit {
-            return Err(quota_exceeded(check, in_progress));
-        }
-    }
-    Ok(both)
-}
-
-fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
-    // Report the state before this statement: the statement is rejected whole.
-    let used_before = check.used - check.done;
-    let in_progress_before = in_progress - (check.added - check.done - check.unheld);
-    TallyError::new(
-        TallyCode::QuotaExceeded,
-        format!(
-            "quota exceeded: user \"{}\" has used {} of {} {} in the period ending {}",
-            check.user_id,
-            used_before,
-            check.limit,
-            check.counter,
-            crate::format_timestamp(check.period_end)
-        ),
-    )
-    // key=value pairs for clients to parse; user_id last because it may contain spaces
-    .detail(format!(
-        "counter={} used={} in_progress={} limit={} adding={} period_start={} period_end={} user_id={}",
-        check.counter,
-        used_before,
-        in_progress_before,
-        check.limit,
-        check.added,
-        crate::format_timestamp(check.period_start),
-        crate::format_timestamp(check.period_end),
-        check.user_id
-    ))
-    .hint(
-        "Wait for the next billing period or move the subscription to a plan with a higher limit. \
-         A superuser loading historical data can SET tally.enforce_limits = off.",
-    )
 }
 
 fn count_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {

@@ -12,10 +12,10 @@ use pgrx::datum::{DatumWithOid, JsonString};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::counting::{
-    run_cached, take_counted, Counted, IndexOnlyPlanning, INT4, TEXT, TIMESTAMPTZ,
-};
+use crate::counted::{take_counted, Counted};
+use crate::limits::IndexOnlyPlanning;
 use crate::privilege::AsExtensionOwner;
+use crate::spi::{run_cached, INT4, TEXT, TIMESTAMPTZ};
 
 /// The view's document, from figures already known. Same keys, types and order as
 /// `tally.current_usage_document`. Runs as the view's owner with a search path of

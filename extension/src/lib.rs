@@ -6,17 +6,21 @@
 use pgrx::prelude::*;
 
 mod binding;
+mod counted;
+mod counter;
 mod counting;
 mod document;
 mod errors;
 mod guards;
 mod internal;
+mod limits;
 mod period;
 mod privilege;
 mod rebucket;
 mod repair;
 mod sessions;
 mod settings;
+mod spi;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -56,7 +60,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
     }
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
     {
-        counting::forget_counted();
+        counted::forget_counted();
     }
 }
 
@@ -68,7 +72,7 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        counting::forget_counted();
+        counted::forget_counted();
     }
 }
 

@@ -103,7 +103,7 @@ entry!(
 fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
-        crate::counting::register_transition_tables(trigger);
+        crate::spi::register_transition_tables(trigger);
         client
             .update(
                 "DELETE FROM tally.usage WHERE user_id IN (SELECT user_id FROM tally_old)",

@@ -1,0 +1,198 @@
+//! Plan limits: after the counter write of a statement, each (user, period, counter)
+//! it added metered sessions to is checked against the plan's limit, reservations
+//! of started sessions included, and the statement is refused whole with TL001.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::counter::Counter;
+use crate::errors::{TallyCode, TallyError, TallyResult};
+use crate::spi::{get, run_cached, TEXT, TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY};
+
+/// Started sessions still holding a reservation in one (user, period), per counter
+/// (practice, assessments): the same index range either way, and the usage document
+/// needs both. A separate statement so that its snapshot is taken after the usage row
+/// lock; scalar parameters so that its plan is prepared once.
+const RESERVATIONS_SQL: &str = r#"
+SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
+       count(*) FILTER (WHERE k.counter = 'assessments')::int
+  FROM tally.sessions x
+  JOIN tally.session_kinds k ON k.kind = x.kind
+ WHERE x.user_id = $1 AND x.status = 'started'
+   AND x.started_at >= $2 AND x.started_at < $3
+   AND x.started_at > now() - tally.reservation_timeout()
+"#;
+
+/// The same count for many candidates at once, in one statement (bulk loads).
+const RESERVATIONS_MANY_SQL: &str = r#"
+SELECT (SELECT count(*)
+          FROM tally.sessions x
+          JOIN tally.session_kinds k ON k.kind = x.kind
+         WHERE x.user_id = t.user_id AND x.status = 'started' AND k.counter = t.counter
+           AND x.started_at >= t.period_start AND x.started_at < t.period_end
+           AND x.started_at > now() - tally.reservation_timeout())::int
+  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+       WITH ORDINALITY AS t(user_id, counter, period_start, period_end, ord)
+ ORDER BY t.ord
+"#;
+
+/// A (user, period, counter) that this statement added metered sessions to, under a limit.
+pub(crate) struct LimitCheck {
+    pub user_id: String,
+    pub period_start: TimestampWithTimeZone,
+    pub period_end: TimestampWithTimeZone,
+    pub counter: Counter,
+    /// Completed sessions in the period after this statement.
+    pub used: i32,
+    /// How many of those this statement completed.
+    pub done: i32,
+    /// Sessions this statement adds to the limit: new started or completed ones,
+    /// and completions whose reservation had expired.
+    pub added: i32,
+    pub limit: i32,
+    /// New started sessions whose reservation expired at birth: they hold no slot
+    /// (not in the reservation count) but each needs one free when inserted.
+    pub unheld: i32,
+}
+
+impl LimitCheck {
+    /// A check from a row of INSERT_SQL or the delta SQL (the same columns).
+    pub(crate) fn from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Self {
+        LimitCheck {
+            user_id: get(row, 1),
+            period_start: get(row, 2),
+            period_end: get(row, 3),
+            counter: Counter::from_sql(&get::<String>(row, 4)),
+            used: get(row, 5),
+            done: get(row, 6),
+            added: get(row, 7),
+            limit: get(row, 8),
+            unheld: get(row, 9),
+        }
+    }
+}
+
+/// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
+///
+/// The reservation count is a lookup in a partial index. Its plan is cached for the
+/// life of the connection, and a plan made while tally.sessions is empty (a fresh
+/// install, a test) would otherwise be a sequential scan kept as the table grows.
+pub(crate) struct IndexOnlyPlanning(std::os::raw::c_int);
+
+impl IndexOnlyPlanning {
+    pub(crate) fn begin() -> Self {
+        // SAFETY: a local GUC change inside a nest level, as a function's SET clause does.
+        unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"enable_seqscan".as_ptr(),
+                c"off".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            IndexOnlyPlanning(level)
+        }
+    }
+}
+
+impl Drop for IndexOnlyPlanning {
+    fn drop(&mut self) {
+        // SAFETY: closes the nest level opened in begin().
+        unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+    }
+}
+
+/// Refuses the statement if any (user, period, counter) it added to is now past its
+/// limit once reservations are counted. For a single check, returns the reservations
+/// it counted in that user's period: (practice, assessments).
+pub(crate) fn check_limits(
+    client: &mut SpiClient<'_>,
+    checks: &[LimitCheck],
+) -> TallyResult<Option<(i32, i32)>> {
+    let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
+    let mut both = None;
+    let in_progress: Vec<i32> = match checks {
+        [] => Vec::new(),
+        [check] => {
+            let row = run_cached(
+                client,
+                RESERVATIONS_SQL,
+                &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+                &[
+                    check.user_id.clone().into(),
+                    check.period_start.into(),
+                    check.period_end.into(),
+                ],
+            )
+            .next()
+            .expect("a count returns a row");
+            let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
+            both = Some((practice, assessments));
+            vec![check.counter.of(practice, assessments)]
+        }
+        many => {
+            let users: Vec<String> = many.iter().map(|c| c.user_id.clone()).collect();
+            let counters: Vec<String> = many
+                .iter()
+                .map(|c| c.counter.as_str().to_string())
+                .collect();
+            let starts: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_start).collect();
+            let ends: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_end).collect();
+            run_cached(
+                client,
+                RESERVATIONS_MANY_SQL,
+                &[TEXT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY, TIMESTAMPTZ_ARRAY],
+                &[users.into(), counters.into(), starts.into(), ends.into()],
+            )
+            .map(|row| get(&row, 1))
+            .collect()
+        }
+    };
+    for (check, in_progress) in checks.iter().zip(in_progress) {
+        // Checked one by one, a started session whose reservation expired at birth
+        // needs one free slot but holds none after it, so any number of them
+        // need just the one.
+        if check.used + in_progress + check.unheld.min(1) > check.limit {
+            return Err(quota_exceeded(check, in_progress));
+        }
+    }
+    Ok(both)
+}
+
+fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
+    // Report the state before this statement: the statement is rejected whole.
+    let used_before = check.used - check.done;
+    let in_progress_before = in_progress - (check.added - check.done - check.unheld);
+    TallyError::new(
+        TallyCode::QuotaExceeded,
+        format!(
+            "quota exceeded: user \"{}\" has used {} of {} {} in the period ending {}",
+            check.user_id,
+            used_before,
+            check.limit,
+            check.counter.as_str(),
+            crate::format_timestamp(check.period_end)
+        ),
+    )
+    // key=value pairs for clients to parse; user_id last because it may contain spaces
+    .detail(format!(
+        "counter={} used={} in_progress={} limit={} adding={} period_start={} period_end={} user_id={}",
+        check.counter.as_str(),
+        used_before,
+        in_progress_before,
+        check.limit,
+        check.added,
+        crate::format_timestamp(check.period_start),
+        crate::format_timestamp(check.period_end),
+        check.user_id
+    ))
+    .hint(
+        "Wait for the next billing period or move the subscription to a plan with a higher limit. \
+         A superuser loading historical data can SET tally.enforce_limits = off.",
+    )
+}

@@ -1,0 +1,76 @@
+//! Running tally's SPI statements: plans prepared once per backend, the parameter
+//! types they take, the transition tables they read, and typed result columns.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::{pg_sys, PgOid, PgTrigger};
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `sql` through a plan prepared once per backend. The plan cache re-plans by
+/// itself when the tables change.
+pub(crate) fn run_cached<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    let cached = PLANS.with(|plans| plans.borrow().get(sql).cloned());
+    let plan = match cached {
+        Some(plan) => plan,
+        None => {
+            let plan = Rc::new(
+                client
+                    .prepare_mut(sql, types)
+                    .unwrap_or_else(|e| panic!("tally: cannot prepare query: {e}"))
+                    .keep(),
+            );
+            PLANS.with(|plans| plans.borrow_mut().insert(sql, Rc::clone(&plan)));
+            plan
+        }
+    };
+    client
+        .update(&*plan, None, args)
+        .unwrap_or_else(|e| panic!("tally: query failed: {e}"))
+}
+
+// Parameter types of the prepared statements.
+pub(crate) const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub(crate) const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+pub(crate) const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+pub(crate) const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
+pub(crate) const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+pub(crate) const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+pub(crate) const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+
+/// Makes the statement's transition tables (tally_new, tally_old) visible to SPI.
+pub(crate) fn register_transition_tables(trigger: &PgTrigger<'_>) {
+    let data = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
+    // SAFETY: called inside an SPI connection with the trigger data PostgreSQL passed in.
+    let rc = unsafe { pg_sys::SPI_register_trigger_data(data) };
+    assert!(rc >= 0, "tally: SPI_register_trigger_data failed ({rc})");
+}
+
+pub(crate) fn get<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    ordinal: usize,
+) -> T {
+    get_nullable(row, ordinal)
+        .unwrap_or_else(|| panic!("tally: NULL counting result column {ordinal}"))
+}
+
+/// A column of a counting query that may be NULL.
+pub(crate) fn get_nullable<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    ordinal: usize,
+) -> Option<T> {
+    row.get::<T>(ordinal)
+        .unwrap_or_else(|e| panic!("tally: bad counting result column {ordinal}: {e}"))
+}
