@@ -86,21 +86,23 @@ if [ -z "$API_BIN" ]; then
     cargo build --release -q -p tally-api
     API_BIN=target/release/tally-api
 fi
+# Waits up to 10 seconds for URL to answer; stops the demo, saying WHAT, otherwise.
+wait_for() {
+    for _ in $(seq 1 50); do
+        curl -fs "$1" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "$2 did not start ($1)" >&2
+    exit 1
+}
+
 "$API_BIN" serve &
 api_pid=$!
-for _ in $(seq 1 50); do
-    curl -fs "http://$TALLY_BIND/readyz" >/dev/null 2>&1 && break
-    sleep 0.2
-done
-curl -fs "http://$TALLY_BIND/readyz" >/dev/null || { echo "the API did not become ready" >&2; exit 1; }
+wait_for "http://$TALLY_BIND/readyz" "the API"
 
 python3 -m http.server --bind "${PAGE_BIND%:*}" --directory web "${PAGE_BIND##*:}" >/dev/null 2>&1 &
 page_pid=$!
-for _ in $(seq 1 50); do
-    curl -fs "http://$PAGE_BIND/" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://$PAGE_BIND/" >/dev/null || { echo "the usage page server did not start on $PAGE_BIND" >&2; exit 1; }
+wait_for "http://$PAGE_BIND/" "the usage page server"
 
 TOKEN=$("$API_BIN" token --sub kamile --ttl-seconds 86400)
 API="http://$TALLY_BIND"
