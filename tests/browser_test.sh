@@ -29,10 +29,9 @@ DATABASE_URL=$database_url TALLY_BIND=127.0.0.1:$api_port TALLY_CORS_ORIGINS=htt
 pids+=($!)
 python3 -m http.server --bind 127.0.0.1 --directory web "$page_port" >/dev/null 2>&1 &
 pids+=($!)
-for _ in $(seq 1 50); do
-    curl -fs "http://127.0.0.1:$api_port/readyz" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$page_port/" >/dev/null 2>&1 && break
-    sleep 0.2
-done
+. tests/wait_for.sh
+wait_for "http://127.0.0.1:$api_port/readyz" "the API"
+wait_for "http://127.0.0.1:$page_port/" "the page server"
 
 mkdir -p target
 PAGE_URL=http://127.0.0.1:$page_port API_URL=http://127.0.0.1:$api_port CHROMIUM=$chromium \

@@ -31,7 +31,8 @@ export TALLY_JWT_SECRET=client-test-secret-that-is-long-enough
 DATABASE_URL=$database_url TALLY_BIND=127.0.0.1:$port RUST_LOG=warn target/debug/tally-api &
 api_pid=$!
 trap 'kill $api_pid 2>/dev/null; wait $api_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+. tests/wait_for.sh
+wait_for "http://127.0.0.1:$port/readyz" "the API"
 
 cd "$client"
 TALLY_URL=http://127.0.0.1:$port TALLY_USER=client_user TALLY_OTHER_USER=client_other \

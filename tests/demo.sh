@@ -86,15 +86,7 @@ if [ -z "$API_BIN" ]; then
     cargo build --release -q -p tally-api
     API_BIN=target/release/tally-api
 fi
-# Waits up to 10 seconds for URL to answer; stops the demo, saying WHAT, otherwise.
-wait_for() {
-    for _ in $(seq 1 50); do
-        curl -fs "$1" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    echo "$2 did not start ($1)" >&2
-    exit 1
-}
+. tests/wait_for.sh
 
 "$API_BIN" serve &
 api_pid=$!
