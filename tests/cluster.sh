@@ -4,6 +4,7 @@
 #   tests/cluster.sh stop DIR
 # Runs the server as the postgres OS user when invoked as root (initdb refuses root),
 # listens on 127.0.0.1:PORT and on a socket in DIR, trusts local connections.
+# PRELOAD sets shared_preload_libraries at initdb (default tally; Citus nodes use citus,tally).
 set -euo pipefail
 PGBIN=${PGBIN:-$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)}
 cmd=${1:?usage: cluster.sh start|stop DIR [PORT]}
@@ -22,7 +23,7 @@ start)
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         as_owner "$PGBIN/initdb" -D "$dir/data" -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
         {
-            echo "shared_preload_libraries = 'tally'"
+            echo "shared_preload_libraries = '${PRELOAD:-tally}'"
             echo "max_connections = 200"
             echo "timezone = 'UTC'"
             for line in "$@"; do echo "$line"; done

@@ -34,21 +34,26 @@ INSERT INTO tally.session_kinds (kind, counter) VALUES
     ('learning_plan', 'practice_sessions'),
     ('assessment', 'assessments');
 
+-- Keys lead with user_id, the column tally.distribute() distributes by: on Citus every
+-- key must include it. On one node the ids are also unique on their own
+-- (learning_plans_learning_plan_id_key, sessions_session_id_key); Citus cannot
+-- enforce that, and tally.distribute() drops those two constraints.
 CREATE TABLE tally.learning_plans (
-    learning_plan_id    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    learning_plan_id    uuid NOT NULL DEFAULT gen_random_uuid(),
     user_id             text NOT NULL REFERENCES tally.subscriptions (user_id) ON DELETE CASCADE,
     title               text NOT NULL DEFAULT '',
     total_sessions      integer CONSTRAINT learning_plans_total_sessions_positive CHECK (total_sessions > 0),
     completed_sessions  integer NOT NULL DEFAULT 0,
     created_at          timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT learning_plans_id_user_key UNIQUE (learning_plan_id, user_id)
+    CONSTRAINT learning_plans_pkey PRIMARY KEY (user_id, learning_plan_id),
+    CONSTRAINT learning_plans_learning_plan_id_key UNIQUE (learning_plan_id)
 );
 -- Also the order a user's plans are listed in (tally.current_usage_document).
 CREATE INDEX learning_plans_user_id_idx ON tally.learning_plans (user_id, created_at, learning_plan_id);
 COMMENT ON COLUMN tally.learning_plans.completed_sessions IS 'Maintained by tally: the number of completed sessions of this plan.';
 
 CREATE TABLE tally.sessions (
-    session_id        uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    session_id        uuid NOT NULL DEFAULT gen_random_uuid(),
     user_id           text NOT NULL
         CONSTRAINT sessions_user_id_fkey REFERENCES tally.subscriptions (user_id) ON DELETE CASCADE,
     kind              text NOT NULL
@@ -60,9 +65,11 @@ CREATE TABLE tally.sessions (
     completed_at      timestamptz,
     duration_seconds  integer CONSTRAINT sessions_duration_not_negative CHECK (duration_seconds >= 0),
     created_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT sessions_pkey PRIMARY KEY (user_id, session_id),
+    CONSTRAINT sessions_session_id_key UNIQUE (session_id),
     -- A session's learning plan must belong to the same user.
-    CONSTRAINT sessions_learning_plan_same_user FOREIGN KEY (learning_plan_id, user_id)
-        REFERENCES tally.learning_plans (learning_plan_id, user_id) ON DELETE CASCADE,
+    CONSTRAINT sessions_learning_plan_same_user FOREIGN KEY (user_id, learning_plan_id)
+        REFERENCES tally.learning_plans (user_id, learning_plan_id) ON DELETE CASCADE,
     CONSTRAINT sessions_started_at_finite CHECK (isfinite(started_at)),
     -- now() is the transaction start: a session may start at most 5 minutes ahead of it.
     CONSTRAINT sessions_started_at_not_in_future CHECK (started_at <= now() + interval '5 minutes'),
@@ -72,7 +79,7 @@ CREATE TABLE tally.sessions (
 );
 CREATE INDEX sessions_user_started_idx ON tally.sessions (user_id, started_at);
 CREATE INDEX sessions_reservations_idx ON tally.sessions (user_id, started_at) WHERE status = 'started';
-CREATE INDEX sessions_learning_plan_idx ON tally.sessions (learning_plan_id) WHERE learning_plan_id IS NOT NULL;
+CREATE INDEX sessions_learning_plan_idx ON tally.sessions (user_id, learning_plan_id) WHERE learning_plan_id IS NOT NULL;
 COMMENT ON TABLE tally.sessions IS 'Every practice session and assessment. Writing here is all it takes: tally keeps usage and learning plan counters exact in the same transaction.';
 
 -- Derived data: written only by tally's triggers and tally.repair().
@@ -88,7 +95,7 @@ CREATE TABLE tally.usage (
 COMMENT ON TABLE tally.usage IS 'Maintained by tally only: completed sessions per user and billing period. A missing row means zero usage.';
 
 CREATE TABLE tally.adjustments (
-    adjustment_id  bigserial PRIMARY KEY,
+    adjustment_id  bigserial,
     adjusted_at    timestamptz NOT NULL DEFAULT now(),
     adjusted_by    text NOT NULL DEFAULT current_user,
     object         text NOT NULL CONSTRAINT adjustments_object_known CHECK (object IN ('usage', 'learning_plan')),
@@ -96,7 +103,10 @@ CREATE TABLE tally.adjustments (
     period_start   timestamptz,
     counter        text NOT NULL,
     old_value      bigint NOT NULL,
-    new_value      bigint NOT NULL
+    new_value      bigint NOT NULL,
+    -- The user whose counter was corrected (the distribution column on Citus).
+    user_id        text NOT NULL,
+    CONSTRAINT adjustments_pkey PRIMARY KEY (user_id, adjustment_id)
 );
 COMMENT ON TABLE tally.adjustments IS 'Audit log: every counter tally.repair() corrected, when, by whom, old and new value.';
 
@@ -244,14 +254,20 @@ BEGIN
         VALUES (record_session.session_id, record_session.user_id, record_session.kind,
                 record_session.learning_plan_id, record_session.status, coalesce(record_session.started_at, now()),
                 record_session.completed_at, record_session.duration_seconds)
-        ON CONFLICT ON CONSTRAINT sessions_pkey DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING x.* INTO stored;
     END IF;
     created := FOUND;
     IF NOT created THEN
-        -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
+        -- The id exists: a retry, or a reuse the caller must refuse. On one node
+        -- session ids are unique across users (sessions_session_id_key), so the row
+        -- may be another user's; on Citus they are unique per user. A row deleted
         -- meanwhile leaves nothing to return.
-        SELECT x.* INTO stored FROM tally.sessions x WHERE x.session_id = record_session.session_id;
+        SELECT x.* INTO stored FROM tally.sessions x
+         WHERE x.user_id = record_session.user_id AND x.session_id = record_session.session_id;
+        IF NOT FOUND THEN
+            SELECT x.* INTO stored FROM tally.sessions x WHERE x.session_id = record_session.session_id;
+        END IF;
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;

@@ -6,9 +6,16 @@
 //! inserts for one user and period serialize there, and the reservation count that
 //! follows runs with a fresh snapshot taken after the lock was granted.
 //!
-//! A statement that changed exactly one row (the API's case) takes a short path of
-//! small prepared statements with scalar parameters; any other statement takes the
-//! set-based path. Both apply the same deltas and the same limit check.
+//! Every query reads either a transition table alone or tally's tables alone, never
+//! both: on Citus the trigger fires on a shard, where a transition table cannot be
+//! joined with a distributed table, and tally's tables are reached by statements
+//! routed by `user_id` (scalar parameters) to the co-located shards. The same path
+//! runs on one node. A statement that changed exactly one row (the API's case) reads
+//! that row and its subscription and applies it in Rust; any other statement
+//! aggregates its transition tables into one change per (user, period) and per
+//! learning plan first. Both apply the same deltas and the same limit check.
+
+use std::collections::HashMap;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -23,79 +30,119 @@ use crate::limits::{check_limits, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
 use crate::spi::{
-    get, get_nullable, register_transition_tables, run_cached, BOOL, INT4, TEXT, TIMESTAMPTZ, UUID,
+    get, get_nullable, register_transition_tables, run_cached, INT4, INTERVAL_ARRAY, TEXT,
+    TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY, UUID,
 };
 
-const INSERT_SQL: &str = r#"
-WITH counted AS (
-    SELECT n.user_id,
-           tally.period_start_for(s.period_anchor, p.period, n.started_at) AS period_start,
-           s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit,
-           count(*) FILTER (WHERE k.counter = 'practice_sessions' AND n.status = 'completed')::int AS practice_done,
-           count(*) FILTER (WHERE k.counter = 'assessments' AND n.status = 'completed')::int AS assessments_done,
-           count(*) FILTER (WHERE k.counter = 'practice_sessions')::int AS practice_added,
-           count(*) FILTER (WHERE k.counter = 'assessments')::int AS assessments_added,
-           count(*) FILTER (WHERE k.counter = 'practice_sessions' AND n.status = 'started'
-                              AND n.started_at <= now() - tally.reservation_timeout())::int AS practice_unheld,
-           count(*) FILTER (WHERE k.counter = 'assessments' AND n.status = 'started'
-                              AND n.started_at <= now() - tally.reservation_timeout())::int AS assessments_unheld
-    FROM tally_new n
-    JOIN tally.session_kinds k ON k.kind = n.kind
-    JOIN tally.subscriptions s ON s.user_id = n.user_id
-    JOIN tally.plans p ON p.plan_id = s.plan_id
-    WHERE n.status <> 'abandoned' AND k.counter <> 'none'
-    GROUP BY n.user_id, 2, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
-),
-upserted AS (
-    INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
-    SELECT user_id, period_start, tally.period_end_for(period_anchor, period, period_start),
-           practice_done, assessments_done
-    FROM counted
-    ORDER BY user_id, period_start
-    ON CONFLICT (user_id, period_start) DO UPDATE
-       SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
-           assessments_used = u.assessments_used + excluded.assessments_used
-    RETURNING u.user_id, u.period_start, u.period_end, u.practice_sessions_used, u.assessments_used
-),
-plans_done AS (
-    UPDATE tally.learning_plans lp
-       SET completed_sessions = lp.completed_sessions + d.done
-      FROM (SELECT learning_plan_id, count(*)::int AS done
-              FROM tally_new
-             WHERE status = 'completed' AND learning_plan_id IS NOT NULL
-             GROUP BY learning_plan_id) d
-     WHERE lp.learning_plan_id = d.learning_plan_id
-)
-SELECT up.user_id, up.period_start, up.period_end, c.counter, c.used, c.done, c.added, c.lim, c.unheld
-FROM upserted up
-JOIN counted cn ON cn.user_id = up.user_id AND cn.period_start = up.period_start
-CROSS JOIN LATERAL (VALUES
-    ('practice_sessions', up.practice_sessions_used, cn.practice_done, cn.practice_added, cn.practice_sessions_limit, cn.practice_unheld),
-    ('assessments', up.assessments_used, cn.assessments_done, cn.assessments_added, cn.assessments_limit, cn.assessments_unheld)
-) AS c(counter, used, done, added, lim, unheld)
-WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
-ORDER BY up.user_id, up.period_start, c.counter
-"#;
+/// What a statement changed, one row per session row (for an UPDATE, the new completed
+/// row and the old completed row apart): `done` is the change to completed sessions,
+/// `added` the sessions that take a slot and need the limit check (new sessions that
+/// are not abandoned; completions of started sessions whose reservation expired),
+/// `unheld` new started sessions dated past the reservation timeout (they hold no
+/// slot but need one free).
+macro_rules! insert_changed { () => { "SELECT user_id, kind, started_at, learning_plan_id,
+       (status = 'completed')::int AS done,
+       (status <> 'abandoned')::int AS added,
+       (status = 'started' AND started_at <= now() - tally.reservation_timeout())::int AS unheld
+  FROM tally_new" }; }
 
-/// The single changed row of a statement, with what counting it needs.
+// session_id never changes (sessions_check_update), so it pairs each new row with
+// its old one.
+macro_rules! update_changed { () => { "SELECT n.user_id, n.kind, n.started_at, n.learning_plan_id, 1 AS done,
+       (o.status = 'started' AND o.started_at <= now() - tally.reservation_timeout())::int AS added,
+       0 AS unheld
+  FROM tally_new n JOIN tally_old o ON o.user_id = n.user_id AND o.session_id = n.session_id
+ WHERE n.status = 'completed'
+UNION ALL
+SELECT user_id, kind, started_at, learning_plan_id, -1, 0, 0 FROM tally_old WHERE status = 'completed'" }; }
+
+macro_rules! delete_changed { () => { "SELECT user_id, kind, started_at, learning_plan_id, -1 AS done, 0 AS added, 0 AS unheld
+  FROM tally_old WHERE status = 'completed'" }; }
+
+/// The three queries of the set-based path, each over one statement's transition
+/// tables and nothing else.
+struct Changes {
+    /// The users a statement touched.
+    users: &'static str,
+    /// The change per (user, period); $1..$3 the users' subscriptions, $4..$5 the
+    /// kinds, as arrays (data, not tables).
+    groups: &'static str,
+    /// The change per learning plan.
+    plans: &'static str,
+}
+
+macro_rules! changes {
+    ($changed:expr) => {
+        Changes {
+            users: concat!("SELECT DISTINCT user_id FROM (", $changed, ") c ORDER BY 1"),
+            groups: concat!(
+                "WITH changed AS (",
+                $changed,
+                r#")
+SELECT c.user_id, b.period_start, tally.period_end_for(f.anchor, f.period, b.period_start),
+       coalesce(sum(c.done) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
+       coalesce(sum(c.done) FILTER (WHERE k.counter = 'assessments'), 0)::int,
+       coalesce(sum(c.added) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
+       coalesce(sum(c.added) FILTER (WHERE k.counter = 'assessments'), 0)::int,
+       coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
+       coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'assessments'), 0)::int
+  FROM changed c
+  JOIN unnest($1::text[], $2::timestamptz[], $3::interval[]) AS f(user_id, anchor, period) ON f.user_id = c.user_id
+  JOIN unnest($4::text[], $5::text[]) AS k(kind, counter) ON k.kind = c.kind
+ CROSS JOIN LATERAL (SELECT tally.period_start_for(f.anchor, f.period, c.started_at) AS period_start) b
+ WHERE k.counter <> 'none'
+ GROUP BY c.user_id, b.period_start, f.anchor, f.period
+ ORDER BY 1, 2"#
+            ),
+            plans: concat!(
+                "WITH changed AS (",
+                $changed,
+                ")
+SELECT user_id, learning_plan_id, sum(done)::int
+  FROM changed
+ WHERE learning_plan_id IS NOT NULL
+ GROUP BY 1, 2
+HAVING sum(done) <> 0
+ ORDER BY 1, 2"
+            ),
+        }
+    };
+}
+
+const INSERTED: Changes = changes!(insert_changed!());
+const UPDATED: Changes = changes!(update_changed!());
+const DELETED: Changes = changes!(delete_changed!());
+
+/// The single changed row of a statement, read on its own.
 macro_rules! one_row_sql {
     ($table:literal) => {
         concat!(
-            "SELECT r.user_id, r.status, r.started_at, r.learning_plan_id, k.counter,
-                    s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit,
-                    r.session_id, s.plan_id,
-                    r.status = 'started' AND r.started_at <= now() - tally.reservation_timeout()
+            "SELECT user_id, kind, status, started_at, learning_plan_id, session_id,
+                    status = 'started' AND started_at <= now() - tally.reservation_timeout()
                FROM ",
-            $table,
-            " r
-               JOIN tally.session_kinds k ON k.kind = r.kind
-               JOIN tally.subscriptions s ON s.user_id = r.user_id
-               JOIN tally.plans p ON p.plan_id = s.plan_id"
+            $table
         )
     };
 }
 const NEW_ROW_SQL: &str = one_row_sql!("tally_new");
 const OLD_ROW_SQL: &str = one_row_sql!("tally_old");
+
+/// What counting needs of a user's subscription and of a session kind, routed by
+/// user_id (plans and session_kinds are reference tables on Citus).
+const SUBSCRIPTION_SQL: &str = "
+SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id, k.counter
+  FROM tally.subscriptions s
+  JOIN tally.plans p ON p.plan_id = s.plan_id
+  JOIN tally.session_kinds k ON k.kind = $2
+ WHERE s.user_id = $1";
+
+/// A user's subscription alone (the set-based path reads kinds once for all rows).
+const SUBSCRIPTION_FACTS_SQL: &str = "
+SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
+  FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
+ WHERE s.user_id = $1";
+
+const KINDS_SQL: &str = "SELECT array_agg(kind), array_agg(counter) FROM tally.session_kinds";
 
 const RAISE_ONE_SQL: &str = r#"
 INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
@@ -113,92 +160,8 @@ UPDATE tally.usage
  WHERE user_id = $1 AND period_start = $2
 "#;
 
-const PLAN_ONE_SQL: &str =
-    "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $2 WHERE learning_plan_id = $1";
-
-/// Signed changes to completed sessions, applied to usage and learning plans.
-/// `{changed}` yields (user_id, kind, started_at, learning_plan_id, sign, unheld):
-/// `unheld` marks a completion whose reservation had expired, which the limit
-/// checks like a new session. Returns the limit checks those need (with `$1`,
-/// tally.enforce_limits), in the shape of INSERT_SQL's.
-macro_rules! delta_sql {
-    ($changed:literal) => {
-        concat!(
-            "WITH changed AS (",
-            $changed,
-            r#"),
-counted AS (
-    SELECT c.user_id,
-           tally.period_start_for(s.period_anchor, p.period, c.started_at) AS period_start,
-           s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit,
-           coalesce(sum(c.sign) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int AS practice,
-           coalesce(sum(c.sign) FILTER (WHERE k.counter = 'assessments'), 0)::int AS assessments,
-           count(*) FILTER (WHERE k.counter = 'practice_sessions' AND c.unheld)::int AS practice_unheld,
-           count(*) FILTER (WHERE k.counter = 'assessments' AND c.unheld)::int AS assessments_unheld
-    FROM changed c
-    JOIN tally.session_kinds k ON k.kind = c.kind
-    JOIN tally.subscriptions s ON s.user_id = c.user_id
-    JOIN tally.plans p ON p.plan_id = s.plan_id
-    WHERE k.counter <> 'none'
-    GROUP BY c.user_id, 2, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
-),
-raised AS (
-    INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
-    SELECT user_id, period_start, tally.period_end_for(period_anchor, period, period_start), practice, assessments
-    FROM counted
-    WHERE practice > 0 OR assessments > 0
-    ORDER BY user_id, period_start
-    ON CONFLICT (user_id, period_start) DO UPDATE
-       SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
-           assessments_used = u.assessments_used + excluded.assessments_used
-    RETURNING u.user_id, u.period_start, u.period_end, u.practice_sessions_used, u.assessments_used
-),
-lowered AS (
-    UPDATE tally.usage u
-       SET practice_sessions_used = u.practice_sessions_used + c.practice,
-           assessments_used = u.assessments_used + c.assessments
-      FROM counted c
-     WHERE u.user_id = c.user_id AND u.period_start = c.period_start
-       AND c.practice <= 0 AND c.assessments <= 0 AND (c.practice < 0 OR c.assessments < 0)
-),
-plans_changed AS (
-    UPDATE tally.learning_plans lp
-       SET completed_sessions = lp.completed_sessions + d.delta
-      FROM (SELECT learning_plan_id, sum(sign)::int AS delta
-              FROM changed
-             WHERE learning_plan_id IS NOT NULL
-             GROUP BY learning_plan_id
-            HAVING sum(sign) <> 0) d
-     WHERE lp.learning_plan_id = d.learning_plan_id
-)
-SELECT up.user_id, up.period_start, up.period_end, c.counter, c.used, c.done, c.added, c.lim, 0
-FROM raised up
-JOIN counted cn ON cn.user_id = up.user_id AND cn.period_start = up.period_start
-CROSS JOIN LATERAL (VALUES
-    ('practice_sessions', up.practice_sessions_used, cn.practice, cn.practice_unheld, cn.practice_sessions_limit),
-    ('assessments', up.assessments_used, cn.assessments, cn.assessments_unheld, cn.assessments_limit)
-) AS c(counter, used, done, added, lim)
-WHERE $1 AND c.added > 0 AND c.lim IS NOT NULL
-ORDER BY up.user_id, up.period_start, c.counter"#
-        )
-    };
-}
-
-// session_id never changes (sessions_check_update), so it pairs each new row
-// with its old one.
-const UPDATE_SQL: &str = delta_sql!(
-    "SELECT n.user_id, n.kind, n.started_at, n.learning_plan_id, 1 AS sign,
-            o.status = 'started' AND o.started_at <= now() - tally.reservation_timeout() AS unheld
-       FROM tally_new n JOIN tally_old o ON o.session_id = n.session_id
-      WHERE n.status = 'completed'
-     UNION ALL
-     SELECT user_id, kind, started_at, learning_plan_id, -1, false FROM tally_old WHERE status = 'completed'"
-);
-
-const DELETE_SQL: &str = delta_sql!(
-    "SELECT user_id, kind, started_at, learning_plan_id, -1 AS sign, false AS unheld
-       FROM tally_old WHERE status = 'completed'"
-);
+const PLAN_ONE_SQL: &str = "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $3
+ WHERE user_id = $1 AND learning_plan_id = $2";
 
 /// Rows in a transition table, without reading it.
 fn rows_in(table: *mut pg_sys::Tuplestorestate) -> i64 {
@@ -240,7 +203,7 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
             }
             Ok(())
         } else {
-            let checks = insert_many(client);
+            let checks = apply_many(client, &INSERTED);
             check_limits(client, &checks).map(|_| ())
         }
     })?;
@@ -253,16 +216,185 @@ entry!(
     on(c"sessions", After, Statement, INSERT)
 );
 
-/// The set-based path: one aggregate over the whole transition table.
-fn insert_many(client: &mut SpiClient<'_>) -> Vec<LimitCheck> {
+/// A user's subscription, as counting needs it.
+struct Subscription {
+    anchor: TimestampWithTimeZone,
+    period: Interval,
+    practice_limit: Option<i32>,
+    assessments_limit: Option<i32>,
+}
+
+/// The set-based path: the statement's changes aggregated per (user, period) and per
+/// learning plan from its transition tables alone, then one routed counter write per
+/// group, in key order (the order every writer takes these row locks in). Returns
+/// the limit checks the groups need.
+fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> {
+    let users: Vec<String> = run_cached(client, changes.users, &[], &[])
+        .map(|row| get(&row, 1))
+        .collect();
+    // Users whose subscription is gone (a cascade from its deletion) count nowhere.
+    let mut subscriptions = HashMap::new();
+    for user in users {
+        let found = run_cached(
+            client,
+            SUBSCRIPTION_FACTS_SQL,
+            &[TEXT],
+            &[user.clone().into()],
+        )
+        .next()
+        .map(|row| Subscription {
+            anchor: get(&row, 1),
+            period: get(&row, 2),
+            practice_limit: get_nullable(&row, 3),
+            assessments_limit: get_nullable(&row, 4),
+        });
+        if let Some(found) = found {
+            subscriptions.insert(user, found);
+        }
+    }
+    let (kinds, counters): (Vec<String>, Vec<String>) = {
+        let row = run_cached(client, KINDS_SQL, &[], &[])
+            .next()
+            .expect("an aggregate returns a row");
+        (
+            get_nullable(&row, 1).unwrap_or_default(),
+            get_nullable(&row, 2).unwrap_or_default(),
+        )
+    };
+    let (user_ids, anchors, periods) = subscriptions.iter().fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |(mut users, mut anchors, mut periods), (user, s)| {
+            users.push(user.clone());
+            anchors.push(s.anchor);
+            periods.push(s.period.clone());
+            (users, anchors, periods)
+        },
+    );
+    let groups: Vec<Group> = run_cached(
+        client,
+        changes.groups,
+        &[TEXT_ARRAY, TIMESTAMPTZ_ARRAY, INTERVAL_ARRAY, TEXT_ARRAY, TEXT_ARRAY],
+        &[
+            user_ids.into(),
+            anchors.into(),
+            periods.into(),
+            kinds.into(),
+            counters.into(),
+        ],
+    )
+    .map(|row| Group {
+        user_id: get(&row, 1),
+        period_start: get(&row, 2),
+        period_end: get(&row, 3),
+        done: (get(&row, 4), get(&row, 5)),
+        added: (get(&row, 6), get(&row, 7)),
+        unheld: (get(&row, 8), get(&row, 9)),
+    })
+    .collect();
+    let plans: Vec<(String, pgrx::Uuid, i32)> = run_cached(client, changes.plans, &[], &[])
+        .map(|row| (get(&row, 1), get(&row, 2), get(&row, 3)))
+        .collect();
+
+    let enforce = settings::enforce_limits();
+    let mut checks = Vec::new();
+    for group in groups {
+        let (practice, assessments) = group.done;
+        if practice > 0 || assessments > 0 || group.added.0 > 0 || group.added.1 > 0 {
+            let used = raise(client, &group.user_id, group.period_start, group.period_end, practice, assessments);
+            let subscription = &subscriptions[&group.user_id];
+            for counter in [Counter::PracticeSessions, Counter::Assessments] {
+                let added = counter.of(group.added.0, group.added.1);
+                let limit = counter.of(subscription.practice_limit, subscription.assessments_limit);
+                if let (true, Some(limit)) = (enforce && added > 0, limit) {
+                    checks.push(LimitCheck {
+                        user_id: group.user_id.clone(),
+                        period_start: group.period_start,
+                        period_end: group.period_end,
+                        counter,
+                        used: counter.of(used.0, used.1),
+                        done: counter.of(practice, assessments),
+                        added,
+                        limit,
+                        unheld: counter.of(group.unheld.0, group.unheld.1),
+                    });
+                }
+            }
+        } else if practice < 0 || assessments < 0 {
+            lower(client, &group.user_id, group.period_start, practice, assessments);
+        }
+    }
+    for (user, plan, delta) in plans {
+        change_plan(client, user, plan, delta);
+    }
+    checks
+}
+
+/// The change of one statement to one user's usage in one period.
+struct Group {
+    user_id: String,
+    period_start: TimestampWithTimeZone,
+    period_end: TimestampWithTimeZone,
+    /// (practice sessions, assessments), here and below.
+    done: (i32, i32),
+    added: (i32, i32),
+    unheld: (i32, i32),
+}
+
+/// Adds to a usage row, creating it if needed; the upsert takes the row lock that
+/// serializes limit checks. Returns the counters after the write.
+fn raise(
+    client: &mut SpiClient<'_>,
+    user_id: &str,
+    start: TimestampWithTimeZone,
+    end: TimestampWithTimeZone,
+    practice: i32,
+    assessments: i32,
+) -> (i32, i32) {
+    let row = run_cached(
+        client,
+        RAISE_ONE_SQL,
+        &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4, INT4],
+        &[
+            user_id.into(),
+            start.into(),
+            end.into(),
+            practice.into(),
+            assessments.into(),
+        ],
+    )
+    .next()
+    .expect("an upsert returns its row");
+    (get(&row, 1), get(&row, 2))
+}
+
+/// Subtracts from a usage row, which exists: the sessions it counted did.
+fn lower(
+    client: &mut SpiClient<'_>,
+    user_id: &str,
+    start: TimestampWithTimeZone,
+    practice: i32,
+    assessments: i32,
+) {
     run_cached(
         client,
-        INSERT_SQL,
-        &[BOOL],
-        &[settings::enforce_limits().into()],
-    )
-    .map(|row| LimitCheck::from_row(&row))
-    .collect()
+        LOWER_ONE_SQL,
+        &[TEXT, TIMESTAMPTZ, INT4, INT4],
+        &[
+            user_id.into(),
+            start.into(),
+            practice.into(),
+            assessments.into(),
+        ],
+    );
+}
+
+fn change_plan(client: &mut SpiClient<'_>, user_id: String, plan: pgrx::Uuid, delta: i32) {
+    run_cached(
+        client,
+        PLAN_ONE_SQL,
+        &[TEXT, UUID, INT4],
+        &[user_id.into(), plan.into(), delta.into()],
+    );
 }
 
 /// What counting needs to know of one session row.
@@ -310,23 +442,37 @@ impl RowFacts {
     }
 }
 
+/// The one row of a transition table, then its subscription and kind. None when the
+/// subscription is gone (the row is being deleted by its cascade).
 fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
-    run_cached(client, sql, &[], &[])
-        .next()
-        .map(|row| RowFacts {
-            user_id: get(&row, 1),
-            status: get(&row, 2),
-            started_at: get(&row, 3),
-            learning_plan_id: get_nullable(&row, 4),
-            counter: Counter::from_sql(&get::<String>(&row, 5)),
-            anchor: get(&row, 6),
-            period: get(&row, 7),
-            practice_limit: get_nullable(&row, 8),
-            assessments_limit: get_nullable(&row, 9),
-            session_id: get(&row, 10),
-            plan_id: get(&row, 11),
-            expired: get(&row, 12),
-        })
+    let row = run_cached(client, sql, &[], &[]).next()?;
+    let (user_id, kind): (String, String) = (get(&row, 1), get(&row, 2));
+    let status: String = get(&row, 3);
+    let started_at = get(&row, 4);
+    let learning_plan_id = get_nullable(&row, 5);
+    let session_id = get(&row, 6);
+    let expired = get(&row, 7);
+    let subscription = run_cached(
+        client,
+        SUBSCRIPTION_SQL,
+        &[TEXT, TEXT],
+        &[user_id.clone().into(), kind.into()],
+    )
+    .next()?;
+    Some(RowFacts {
+        user_id,
+        status,
+        started_at,
+        learning_plan_id,
+        counter: Counter::from_sql(&get::<String>(&subscription, 6)),
+        anchor: get(&subscription, 1),
+        period: get(&subscription, 2),
+        practice_limit: get_nullable(&subscription, 3),
+        assessments_limit: get_nullable(&subscription, 4),
+        session_id,
+        plan_id: get(&subscription, 5),
+        expired,
+    })
 }
 
 /// Applies the change of one session row from `old` to `new` (either may be absent:
@@ -352,21 +498,8 @@ fn apply_one(
         // held: it is checked like a new session.
         let retakes = old.is_some_and(|o| o.expired) && sign > 0;
         if sign > 0 || reserves {
-            // The upsert also takes the row lock that serializes limit checks.
-            let mut rows = run_cached(
-                client,
-                RAISE_ONE_SQL,
-                &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4, INT4],
-                &[
-                    facts.user_id.clone().into(),
-                    start.into(),
-                    end.into(),
-                    practice.into(),
-                    assessments.into(),
-                ],
-            );
-            let row = rows.next().expect("an upsert returns its row");
-            let (practice_used, assessments_used): (i32, i32) = (get(&row, 1), get(&row, 2));
+            let (practice_used, assessments_used) =
+                raise(client, &facts.user_id, start, end, practice, assessments);
             let used = facts.counter.of(practice_used, assessments_used);
             usage = Some(UsageAfter {
                 period_start: start,
@@ -389,17 +522,7 @@ fn apply_one(
                 });
             }
         } else if sign < 0 {
-            run_cached(
-                client,
-                LOWER_ONE_SQL,
-                &[TEXT, TIMESTAMPTZ, INT4, INT4],
-                &[
-                    facts.user_id.clone().into(),
-                    start.into(),
-                    practice.into(),
-                    assessments.into(),
-                ],
-            );
+            lower(client, &facts.user_id, start, practice, assessments);
         }
     }
 
@@ -408,18 +531,12 @@ fn apply_one(
     // changes cancel out.
     let plan_change = |row: Option<&RowFacts>, sign: i32| {
         row.filter(|r| r.completed())
-            .and_then(|r| r.learning_plan_id)
-            .map(|id| (id, sign))
+            .and_then(|r| r.learning_plan_id.map(|id| (r.user_id.clone(), id, sign)))
     };
     let changes = [plan_change(old, -1), plan_change(new, 1)];
-    let cancel_out = matches!(changes, [Some((a, _)), Some((b, _))] if a == b);
-    for (plan, delta) in changes.into_iter().flatten().filter(|_| !cancel_out) {
-        run_cached(
-            client,
-            PLAN_ONE_SQL,
-            &[UUID, INT4],
-            &[plan.into(), delta.into()],
-        );
+    let cancel_out = matches!(&changes, [Some((_, a, _)), Some((_, b, _))] if a == b);
+    for (user, plan, delta) in changes.into_iter().flatten().filter(|_| !cancel_out) {
+        change_plan(client, user, plan, delta);
     }
     Applied { checks, usage }
 }
@@ -427,7 +544,7 @@ fn apply_one(
 fn count_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let data = trigger.trigger_data();
     let single = rows_in(data.tg_newtable) == 1 && rows_in(data.tg_oldtable) == 1;
-    apply_delta(trigger, UPDATE_SQL, single.then_some((true, true)))
+    apply_delta(trigger, &UPDATED, single.then_some((true, true)))
 }
 entry!(
     tally_sessions_count_update,
@@ -438,7 +555,7 @@ entry!(
 
 fn count_delete(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let single = rows_in(trigger.trigger_data().tg_oldtable) == 1;
-    apply_delta(trigger, DELETE_SQL, single.then_some((true, false)))
+    apply_delta(trigger, &DELETED, single.then_some((true, false)))
 }
 entry!(
     tally_sessions_count_delete,
@@ -448,10 +565,10 @@ entry!(
 );
 
 /// Applies an UPDATE or DELETE: `single` says which transition tables (old, new) to
-/// read on the one-row path; otherwise `sql` aggregates the whole statement.
+/// read on the one-row path; otherwise `changes` aggregates the whole statement.
 fn apply_delta(
     trigger: &PgTrigger<'_>,
-    sql: &'static str,
+    changes: &Changes,
     single: Option<(bool, bool)>,
 ) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
@@ -459,29 +576,15 @@ fn apply_delta(
     remember(None);
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
-        match single {
+        let checks = match single {
             Some((has_old, has_new)) => {
-                let old = if has_old {
-                    one_row(client, OLD_ROW_SQL)
-                } else {
-                    None
-                };
-                let new = if has_new {
-                    one_row(client, NEW_ROW_SQL)
-                } else {
-                    None
-                };
-                let applied = apply_one(client, old.as_ref(), new.as_ref());
-                check_limits(client, &applied.checks).map(|_| ())
+                let old = has_old.then(|| one_row(client, OLD_ROW_SQL)).flatten();
+                let new = has_new.then(|| one_row(client, NEW_ROW_SQL)).flatten();
+                apply_one(client, old.as_ref(), new.as_ref()).checks
             }
-            None => {
-                let checks: Vec<LimitCheck> =
-                    run_cached(client, sql, &[BOOL], &[settings::enforce_limits().into()])
-                        .map(|row| LimitCheck::from_row(&row))
-                        .collect();
-                check_limits(client, &checks).map(|_| ())
-            }
-        }
+            None => apply_many(client, changes),
+        };
+        check_limits(client, &checks).map(|_| ())
     })?;
     Ok(pg_sys::Datum::null())
 }

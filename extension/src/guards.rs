@@ -82,7 +82,7 @@ fn learning_plans_keep_completed(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys:
     let user: String = column(&old, "user_id").expect("user_id is NOT NULL");
     let completed = Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM tally.sessions
-          WHERE learning_plan_id = $1 AND status = 'completed'
+          WHERE user_id = $2 AND learning_plan_id = $1 AND status = 'completed'
             AND EXISTS (SELECT 1 FROM tally.subscriptions WHERE user_id = $2)",
         &[plan.into(), user.clone().into()],
     )

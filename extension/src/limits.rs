@@ -8,7 +8,7 @@ use pgrx::spi::SpiClient;
 
 use crate::counter::Counter;
 use crate::errors::{TallyCode, TallyError, TallyResult};
-use crate::spi::{get, run_cached, TEXT, TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY};
+use crate::spi::{get, run_cached, TEXT, TIMESTAMPTZ};
 
 /// Started sessions still holding a reservation in one (user, period), per counter
 /// (practice, assessments): the same index range either way, and the usage document
@@ -25,17 +25,6 @@ SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
 "#;
 
 /// The same count for many candidates at once, in one statement (bulk loads).
-const RESERVATIONS_MANY_SQL: &str = r#"
-SELECT (SELECT count(*)
-          FROM tally.sessions x
-          JOIN tally.session_kinds k ON k.kind = x.kind
-         WHERE x.user_id = t.user_id AND x.status = 'started' AND k.counter = t.counter
-           AND x.started_at >= t.period_start AND x.started_at < t.period_end
-           AND x.started_at > now() - tally.reservation_timeout())::int
-  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-       WITH ORDINALITY AS t(user_id, counter, period_start, period_end, ord)
- ORDER BY t.ord
-"#;
 
 /// A (user, period, counter) that this statement added metered sessions to, under a limit.
 pub(crate) struct LimitCheck {
@@ -56,22 +45,6 @@ pub(crate) struct LimitCheck {
     pub unheld: i32,
 }
 
-impl LimitCheck {
-    /// A check from a row of INSERT_SQL or the delta SQL (the same columns).
-    pub(crate) fn from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Self {
-        LimitCheck {
-            user_id: get(row, 1),
-            period_start: get(row, 2),
-            period_end: get(row, 3),
-            counter: Counter::from_sql(&get::<String>(row, 4)),
-            used: get(row, 5),
-            done: get(row, 6),
-            added: get(row, 7),
-            limit: get(row, 8),
-            unheld: get(row, 9),
-        }
-    }
-}
 
 /// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
 ///
@@ -116,43 +89,27 @@ pub(crate) fn check_limits(
 ) -> TallyResult<Option<(i32, i32)>> {
     let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
     let mut both = None;
-    let in_progress: Vec<i32> = match checks {
-        [] => Vec::new(),
-        [check] => {
-            let row = run_cached(
-                client,
-                RESERVATIONS_SQL,
-                &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
-                &[
-                    check.user_id.clone().into(),
-                    check.period_start.into(),
-                    check.period_end.into(),
-                ],
-            )
-            .next()
-            .expect("a count returns a row");
-            let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
+    // One routed count per check: on Citus each reads one user's shard.
+    let mut in_progress = Vec::with_capacity(checks.len());
+    for check in checks {
+        let row = run_cached(
+            client,
+            RESERVATIONS_SQL,
+            &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+            &[
+                check.user_id.clone().into(),
+                check.period_start.into(),
+                check.period_end.into(),
+            ],
+        )
+        .next()
+        .expect("a count returns a row");
+        let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
+        if checks.len() == 1 {
             both = Some((practice, assessments));
-            vec![check.counter.of(practice, assessments)]
         }
-        many => {
-            let users: Vec<String> = many.iter().map(|c| c.user_id.clone()).collect();
-            let counters: Vec<String> = many
-                .iter()
-                .map(|c| c.counter.as_str().to_string())
-                .collect();
-            let starts: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_start).collect();
-            let ends: Vec<TimestampWithTimeZone> = many.iter().map(|c| c.period_end).collect();
-            run_cached(
-                client,
-                RESERVATIONS_MANY_SQL,
-                &[TEXT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY, TIMESTAMPTZ_ARRAY],
-                &[users.into(), counters.into(), starts.into(), ends.into()],
-            )
-            .map(|row| get(&row, 1))
-            .collect()
-        }
-    };
+        in_progress.push(check.counter.of(practice, assessments));
+    }
     for (check, in_progress) in checks.iter().zip(in_progress) {
         // Checked one by one, a started session whose reservation expired at birth
         // needs one free slot but holds none after it, so any number of them

@@ -16,22 +16,25 @@ use crate::sessions::column;
 pub fn rebuild_usage(users: Vec<String>) {
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
-        let users: pgrx::datum::DatumWithOid = users.into();
-        for sql in [
-            "SELECT 1 FROM tally.subscriptions WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
-            "DELETE FROM tally.usage WHERE user_id = ANY($1)",
-            "INSERT INTO tally.usage (user_id, period_start, period_end, practice_sessions_used, assessments_used)
-             SELECT user_id, period_start, period_end, practice_sessions_used, assessments_used
-               FROM tally.usage_recount WHERE user_id = ANY($1)",
-        ] {
-            client
-                .update(sql, None, std::slice::from_ref(&users))
-                .unwrap_or_else(|e| panic!("tally: cannot re-bucket usage: {e}"));
+        // One user at a time, in key order: each statement is routed to that user's
+        // shard on Citus.
+        for user in users {
+            let user: pgrx::datum::DatumWithOid = user.into();
+            for sql in [
+                "SELECT 1 FROM tally.subscriptions WHERE user_id = $1 FOR UPDATE",
+                "DELETE FROM tally.usage WHERE user_id = $1",
+                "INSERT INTO tally.usage (user_id, period_start, period_end, practice_sessions_used, assessments_used)
+                 SELECT user_id, period_start, period_end, practice_sessions_used, assessments_used
+                   FROM tally.usage_recount WHERE user_id = $1",
+            ] {
+                client
+                    .update(sql, None, std::slice::from_ref(&user))
+                    .unwrap_or_else(|e| panic!("tally: cannot re-bucket usage: {e}"));
+            }
         }
     });
 }
 
-/// AFTER UPDATE on tally.subscriptions, per row.
 fn subscriptions_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let old = trigger.old().expect("row trigger has an old row");
     let new = trigger.new().expect("row trigger has a new row");
@@ -104,13 +107,21 @@ fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datu
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
         crate::spi::register_transition_tables(trigger);
-        client
-            .update(
-                "DELETE FROM tally.usage WHERE user_id IN (SELECT user_id FROM tally_old)",
-                None,
-                &[],
-            )
-            .unwrap_or_else(|e| panic!("tally: cannot drop usage of deleted subscriptions: {e}"));
+        // The transition table alone, then one routed delete per user.
+        let users: Vec<String> = client
+            .select("SELECT user_id FROM tally_old ORDER BY 1", None, &[])
+            .unwrap_or_else(|e| panic!("tally: cannot read deleted subscriptions: {e}"))
+            .filter_map(|row| row.get::<String>(1).ok().flatten())
+            .collect();
+        for user in users {
+            client
+                .update(
+                    "DELETE FROM tally.usage WHERE user_id = $1",
+                    None,
+                    &[user.into()],
+                )
+                .unwrap_or_else(|e| panic!("tally: cannot drop usage of deleted subscriptions: {e}"));
+        }
     });
     Ok(pg_sys::Datum::null())
 }

@@ -24,19 +24,22 @@ compared AS (
     FULL JOIN actual a ON a.user_id = u.user_id AND a.period_start = u.period_start
 ),
 plans AS (
-    SELECT lp.learning_plan_id, lp.completed_sessions,
-           (SELECT count(*) FROM tally.sessions x
-             WHERE x.learning_plan_id = lp.learning_plan_id AND x.status = 'completed') AS actual
+    SELECT lp.user_id, lp.learning_plan_id, lp.completed_sessions, coalesce(done.actual, 0) AS actual
     FROM tally.learning_plans lp
+    LEFT JOIN (SELECT x.user_id, x.learning_plan_id, count(*) AS actual
+                 FROM tally.sessions x
+                WHERE x.status = 'completed' AND x.learning_plan_id IS NOT NULL
+                GROUP BY 1, 2) done
+           ON done.user_id = lp.user_id AND done.learning_plan_id = lp.learning_plan_id
 )
 SELECT 'usage' AS object, user_id AS id, period_start, 'practice_sessions_used' AS counter,
-       stored_practice AS stored, actual_practice AS actual
+       stored_practice AS stored, actual_practice AS actual, user_id
 FROM compared WHERE stored_practice <> actual_practice
 UNION ALL
-SELECT 'usage', user_id, period_start, 'assessments_used', stored_assessments, actual_assessments
+SELECT 'usage', user_id, period_start, 'assessments_used', stored_assessments, actual_assessments, user_id
 FROM compared WHERE stored_assessments <> actual_assessments
 UNION ALL
-SELECT 'learning_plan', learning_plan_id::text, NULL, 'completed_sessions', completed_sessions::bigint, actual
+SELECT 'learning_plan', learning_plan_id::text, NULL, 'completed_sessions', completed_sessions::bigint, actual, user_id
 FROM plans WHERE completed_sessions <> actual
 ORDER BY 1, 2, 3, 4
 "#;
@@ -48,6 +51,8 @@ struct Drift {
     counter: String,
     stored: i64,
     actual: i64,
+    /// The user the counter belongs to (every key on Citus leads with it).
+    user_id: String,
 }
 
 fn find_drift(client: &mut SpiClient<'_>) -> Vec<Drift> {
@@ -61,6 +66,7 @@ fn find_drift(client: &mut SpiClient<'_>) -> Vec<Drift> {
             counter: row.get(4).ok().flatten().unwrap_or_default(),
             stored: row.get(5).ok().flatten().unwrap_or_default(),
             actual: row.get(6).ok().flatten().unwrap_or_default(),
+            user_id: row.get(7).ok().flatten().unwrap_or_default(),
         })
         .collect()
 }
@@ -158,26 +164,29 @@ fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
 }
 
 fn fix_learning_plan(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
-    let id = || -> Vec<DatumWithOid<'static>> { vec![d.id.clone().into()] };
+    let key = || -> Vec<DatumWithOid<'static>> { vec![d.user_id.clone().into(), d.id.clone().into()] };
     let Some(stored) = one_i64(
         client,
-        "SELECT completed_sessions::bigint FROM tally.learning_plans WHERE learning_plan_id = $1::uuid FOR UPDATE",
-        &id(),
+        "SELECT completed_sessions::bigint FROM tally.learning_plans
+          WHERE user_id = $1 AND learning_plan_id = $2::uuid FOR UPDATE",
+        &key(),
     ) else {
         return (0, 0);
     };
     let actual = one_i64(
         client,
-        "SELECT count(*) FROM tally.sessions WHERE learning_plan_id = $1::uuid AND status = 'completed'",
-        &id(),
+        "SELECT count(*) FROM tally.sessions
+          WHERE user_id = $1 AND learning_plan_id = $2::uuid AND status = 'completed'",
+        &key(),
     )
     .unwrap_or(0);
     if stored != actual {
         client
             .update(
-                "UPDATE tally.learning_plans SET completed_sessions = $2::int WHERE learning_plan_id = $1::uuid",
+                "UPDATE tally.learning_plans SET completed_sessions = $3::int
+                  WHERE user_id = $1 AND learning_plan_id = $2::uuid",
                 None,
-                &[d.id.clone().into(), actual.into()],
+                &[d.user_id.clone().into(), d.id.clone().into(), actual.into()],
             )
             .unwrap_or_else(|e| panic!("tally: repair could not update a learning plan: {e}"));
     }
@@ -205,8 +214,8 @@ pub fn repair() -> i64 {
             }
             client
                 .update(
-                    "INSERT INTO tally.adjustments (adjusted_by, object, object_id, period_start, counter, old_value, new_value)
-                     VALUES (session_user, $1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO tally.adjustments (adjusted_by, object, object_id, period_start, counter, old_value, new_value, user_id)
+                     VALUES (session_user, $1, $2, $3, $4, $5, $6, $7)",
                     None,
                     &[
                         drift.object.clone().into(),
@@ -215,6 +224,7 @@ pub fn repair() -> i64 {
                         drift.counter.clone().into(),
                         stored.into(),
                         actual.into(),
+                        drift.user_id.clone().into(),
                     ],
                 )
                 .unwrap_or_else(|e| panic!("tally: repair could not record an adjustment: {e}"));
