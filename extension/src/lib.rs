@@ -39,6 +39,11 @@ extension_sql_file!(
     name = "triggers",
     requires = ["schema", repair::repair]
 );
+extension_sql_file!(
+    "../sql/distribute.sql",
+    name = "distribute",
+    requires = ["triggers"]
+);
 
 /// RFC 3339 text of a timestamp, in UTC, for messages.
 pub(crate) fn format_timestamp(ts: TimestampWithTimeZone) -> String {
