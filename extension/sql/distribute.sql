@@ -46,6 +46,7 @@ BEGIN
     -- copies, which go so that Citus can create its own there. That runs outside this
     -- transaction, so it only drops what is still an extension member (a retry after
     -- a failure finds nothing to do) and refuses copies that hold data.
+    SET LOCAL client_min_messages = warning;  -- not Citus's notice per statement
     EXECUTE leave_extension;
     SELECT string_agg(format('%s:%s: %s', nodename, nodeport, result), '; ') INTO failed
       FROM run_command_on_workers(format($w$
@@ -102,6 +103,10 @@ BEGIN
                                      shard_count => coalesce(shard_count, current_setting('citus.shard_count')::int));
     FOREACH t IN ARRAY distributed_tables[2:] LOOP
         PERFORM create_distributed_table(format('tally.%I', t)::regclass, 'user_id', colocate_with => 'tally.subscriptions');
+    END LOOP;
+    -- Before the triggers are back: the coordinator's copy of the rows, hidden now, frees its space.
+    FOREACH t IN ARRAY reference_tables || distributed_tables LOOP
+        PERFORM truncate_local_data_after_distributing_table(format('tally.%I', t)::regclass);
     END LOOP;
     FOREACH t IN ARRAY reference_tables || distributed_tables LOOP
         EXECUTE format('ALTER TABLE tally.%I ENABLE TRIGGER USER', t);

@@ -131,37 +131,39 @@ COMMENT ON FUNCTION tally.reservation_timeout() IS 'How long a started session h
 CREATE VIEW tally.current_usage AS
 SELECT s.user_id,
        s.plan_id,
-       cur.period_start,
-       cur.period_end,
+       tally.period_start_for(s.period_anchor, p.period, now()) AS period_start,
+       tally.period_end_for(s.period_anchor, p.period, now()) AS period_end,
        coalesce(u.practice_sessions_used, 0) AS practice_sessions_used,
        p.practice_sessions_limit,
        -- greatest() skips NULLs, so an unlimited plan needs its own branch
        CASE WHEN p.practice_sessions_limit IS NOT NULL
-            THEN greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - r.practice_in_progress, 0)::integer
+            THEN greatest(p.practice_sessions_limit - coalesce(u.practice_sessions_used, 0) - coalesce(r.practice_in_progress, 0), 0)::integer
        END AS practice_sessions_remaining,
        coalesce(u.assessments_used, 0) AS assessments_used,
        p.assessments_limit,
        CASE WHEN p.assessments_limit IS NOT NULL
-            THEN greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - r.assessments_in_progress, 0)::integer
+            THEN greatest(p.assessments_limit - coalesce(u.assessments_used, 0) - coalesce(r.assessments_in_progress, 0), 0)::integer
        END AS assessments_remaining
 FROM tally.subscriptions s
 JOIN tally.plans p ON p.plan_id = s.plan_id
-CROSS JOIN LATERAL (
-    SELECT tally.period_start_for(s.period_anchor, p.period, now()) AS period_start,
-           tally.period_end_for(s.period_anchor, p.period, now()) AS period_end
-) cur
-LEFT JOIN tally.usage u ON u.user_id = s.user_id AND u.period_start = cur.period_start
-CROSS JOIN LATERAL (
+-- The current period's bounds are written out where they are used: Citus pushes
+-- this view down to the shards, and refuses a subquery without FROM that calls now().
+LEFT JOIN tally.usage u
+       ON u.user_id = s.user_id AND u.period_start = tally.period_start_for(s.period_anchor, p.period, now())
+-- Grouped (one row or none): Citus refuses an ungrouped aggregate in a lateral
+-- subquery that reads a reference table's column.
+LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice_in_progress,
            count(*) FILTER (WHERE k.counter = 'assessments') AS assessments_in_progress
     FROM tally.sessions x
     JOIN tally.session_kinds k ON k.kind = x.kind
     WHERE x.user_id = s.user_id
       AND x.status = 'started'
-      AND x.started_at >= cur.period_start
-      AND x.started_at < cur.period_end
+      AND x.started_at >= tally.period_start_for(s.period_anchor, p.period, now())
+      AND x.started_at < tally.period_end_for(s.period_anchor, p.period, now())
       AND x.started_at > now() - tally.reservation_timeout()
-) r;
+    GROUP BY x.user_id
+) r ON true;
 COMMENT ON VIEW tally.current_usage IS 'One row per subscription for the billing period containing now(); *_remaining subtracts reservations held by started sessions.';
 
 -- The usage document the HTTP API returns, built in one place for every reader.

@@ -11,6 +11,7 @@ use std::ffi::CStr;
 
 use pgrx::{pg_sys, PgTrigger};
 
+use crate::citus;
 use crate::errors::{TallyCode, TallyError, TallyResult};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -115,43 +116,7 @@ fn is_tally_table(relation: pg_sys::Relation, name: &CStr) -> bool {
     if schema == pg_sys::Oid::INVALID || namespace != schema {
         return false;
     }
-    if relname == name {
-        return true;
-    }
-    let shard_id = relname
-        .to_bytes()
-        .strip_prefix(name.to_bytes())
-        .and_then(|rest| rest.strip_prefix(b"_"))
-        .and_then(|digits| std::str::from_utf8(digits).ok())
-        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|digits| digits.parse::<i64>().ok());
-    shard_id.is_some_and(|shard_id| is_shard_of(oid, shard_id, name))
-}
-
-thread_local! {
-    /// Relations already found to be shards of tally's tables (a trigger fires per
-    /// statement; the catalog lookup is done once per backend and shard).
-    static KNOWN_SHARDS: std::cell::RefCell<std::collections::HashSet<(pg_sys::Oid, i64)>> =
-        std::cell::RefCell::new(std::collections::HashSet::new());
-}
-
-/// Whether Citus's metadata records shard `shard_id` of `tally.<name>`.
-fn is_shard_of(oid: pg_sys::Oid, shard_id: i64, name: &CStr) -> bool {
-    if KNOWN_SHARDS.with(|known| known.borrow().contains(&(oid, shard_id))) {
-        return true;
-    }
-    let table = format!("tally.{}", name.to_string_lossy());
-    let shard = pgrx::Spi::get_one_with_args::<bool>(
-        "SELECT to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL
-            AND EXISTS (SELECT FROM pg_catalog.pg_dist_shard
-                         WHERE shardid = $1 AND logicalrelid = pg_catalog.to_regclass($2))",
-        &[shard_id.into(), table.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if shard {
-        KNOWN_SHARDS.with(|known| known.borrow_mut().insert((oid, shard_id)));
-    }
-    shard
+    relname == name
+        || citus::shard_id_in_name(relname, name)
+            .is_some_and(|shard_id| citus::is_shard_of(oid, shard_id, name))
 }

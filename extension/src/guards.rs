@@ -5,6 +5,8 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
+use crate::citus;
+use pgrx::spi;
 use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal;
@@ -115,17 +117,36 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
     // after the check below and be counted under the old counter. FOR UPDATE does
     // conflict, so such inserts finish first (and the check sees them) or wait for
     // this transaction (and count under the new counter).
+    //
+    // On Citus this fires once per node, on its copy of session_kinds, where the
+    // foreign key checks of that node's session shards take their locks: each node
+    // locks its copy of the row and checks the session shards it holds.
+    let relation = trigger.trigger_data().tg_relation;
+    let (kinds, sessions) = if citus::on_shard(relation, c"session_kinds") {
+        // SAFETY: the trigger's relation is open and locked for the whole call.
+        let placement = unsafe { pgrx::name_data_to_str(&(*(*relation).rd_rel).relname) };
+        (
+            format!("tally.{}", spi::quote_identifier(placement)),
+            citus::local_shards("sessions"),
+        )
+    } else {
+        ("tally.session_kinds".to_string(), vec!["tally.sessions".to_string()])
+    };
     Spi::run_with_args(
-        "SELECT 1 FROM tally.session_kinds WHERE kind = $1 FOR UPDATE",
+        &format!("SELECT 1 FROM {kinds} WHERE kind = $1 FOR UPDATE"),
         &[kind.clone().into()],
     )
     .unwrap_or_else(|e| panic!("tally: cannot lock kind: {e}"));
-    let in_use = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM tally.sessions WHERE kind = $1 AND status = 'completed')",
-        &[kind.clone().into()],
-    )
-    .unwrap_or_else(|e| panic!("tally: cannot check kind usage: {e}"))
-    .unwrap_or(false);
+    let mut in_use = false;
+    for table in &sessions {
+        in_use = in_use
+            || Spi::get_one_with_args::<bool>(
+                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE kind = $1 AND status = 'completed')"),
+                &[kind.clone().into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: cannot check kind usage: {e}"))
+            .unwrap_or(false);
+    }
     if in_use {
         return Err(TallyError::new(
             TallyCode::KindInUse,

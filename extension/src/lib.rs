@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod binding;
+mod citus;
 mod counted;
 mod counter;
 mod counting;

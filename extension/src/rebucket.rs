@@ -5,6 +5,8 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
+use crate::citus;
+use crate::spi::get;
 use crate::binding::{on, Level::*, Timing::*, DELETE, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal::InternalWrite;
@@ -16,19 +18,43 @@ use crate::sessions::column;
 pub fn rebuild_usage(users: Vec<String>) {
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
-        // One user at a time, in key order: each statement is routed to that user's
-        // shard on Citus.
+        // One user at a time, in key order, and statements that each read or write one
+        // table: on Citus each is routed to that user's shard (from a trigger on a
+        // shard, Citus runs nothing else).
         for user in users {
-            let user: pgrx::datum::DatumWithOid = user.into();
+            let key: pgrx::datum::DatumWithOid = user.clone().into();
             for sql in [
                 "SELECT 1 FROM tally.subscriptions WHERE user_id = $1 FOR UPDATE",
                 "DELETE FROM tally.usage WHERE user_id = $1",
-                "INSERT INTO tally.usage (user_id, period_start, period_end, practice_sessions_used, assessments_used)
-                 SELECT user_id, period_start, period_end, practice_sessions_used, assessments_used
-                   FROM tally.usage_recount WHERE user_id = $1",
             ] {
                 client
-                    .update(sql, None, std::slice::from_ref(&user))
+                    .update(sql, None, std::slice::from_ref(&key))
+                    .unwrap_or_else(|e| panic!("tally: cannot re-bucket usage: {e}"));
+            }
+            let recount: Vec<(TimestampWithTimeZone, TimestampWithTimeZone, i32, i32)> = client
+                .select(
+                    "SELECT period_start, period_end, practice_sessions_used, assessments_used
+                       FROM tally.usage_recount WHERE user_id = $1",
+                    None,
+                    std::slice::from_ref(&key),
+                )
+                .unwrap_or_else(|e| panic!("tally: cannot recount usage: {e}"))
+                .map(|row| (get(&row, 1), get(&row, 2), get(&row, 3), get(&row, 4)))
+                .collect();
+            for (start, end, practice, assessments) in recount {
+                client
+                    .update(
+                        "INSERT INTO tally.usage (user_id, period_start, period_end, practice_sessions_used, assessments_used)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        None,
+                        &[
+                            user.clone().into(),
+                            start.into(),
+                            end.into(),
+                            practice.into(),
+                            assessments.into(),
+                        ],
+                    )
                     .unwrap_or_else(|e| panic!("tally: cannot re-bucket usage: {e}"));
             }
         }
@@ -78,16 +104,28 @@ entry!(
 fn plans_rebucket(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let new = trigger.new().expect("row trigger has a new row");
     let plan: Option<String> = column(&new, "plan_id");
+    // On Citus this fires once per node, on its copy of the plans table: each node
+    // re-buckets the subscribers whose shards it holds (none on the coordinator).
+    let subscriptions = if citus::on_shard(trigger.trigger_data().tg_relation, c"plans") {
+        citus::local_shards("subscriptions")
+    } else {
+        vec!["tally.subscriptions".to_string()]
+    };
     let users: Vec<String> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT user_id FROM tally.subscriptions WHERE plan_id = $1 ORDER BY user_id",
-                None,
-                &[plan.into()],
-            )
-            .unwrap_or_else(|e| panic!("tally: cannot list subscriptions: {e}"))
-            .filter_map(|row| row.get::<String>(1).ok().flatten())
-            .collect()
+        let mut users = Vec::new();
+        for table in &subscriptions {
+            users.extend(
+                client
+                    .select(
+                        &format!("SELECT user_id FROM {table} WHERE plan_id = $1 ORDER BY user_id"),
+                        None,
+                        &[plan.clone().into()],
+                    )
+                    .unwrap_or_else(|e| panic!("tally: cannot list subscriptions: {e}"))
+                    .filter_map(|row| row.get::<String>(1).ok().flatten()),
+            );
+        }
+        users
     });
     if !users.is_empty() {
         rebuild_usage(users);

@@ -9,19 +9,16 @@ use crate::internal::InternalWrite;
 
 /// Every counter that disagrees with a recount from tally.sessions.
 const VERIFY_SQL: &str = r#"
-WITH actual AS (
-    SELECT user_id, period_start, practice_sessions_used AS practice, assessments_used AS assessments
-    FROM tally.usage_recount
-),
-compared AS (
+WITH compared AS (
     SELECT coalesce(u.user_id, a.user_id) AS user_id,
            coalesce(u.period_start, a.period_start) AS period_start,
            coalesce(u.practice_sessions_used, 0)::bigint AS stored_practice,
-           coalesce(a.practice, 0)::bigint AS actual_practice,
+           coalesce(a.practice_sessions_used, 0)::bigint AS actual_practice,
            coalesce(u.assessments_used, 0)::bigint AS stored_assessments,
-           coalesce(a.assessments, 0)::bigint AS actual_assessments
+           coalesce(a.assessments_used, 0)::bigint AS actual_assessments
     FROM tally.usage u
-    FULL JOIN actual a ON a.user_id = u.user_id AND a.period_start = u.period_start
+    -- Joined on the view itself: on Citus both sides are then co-located by user_id.
+    FULL JOIN tally.usage_recount a ON a.user_id = u.user_id AND a.period_start = u.period_start
 ),
 plans AS (
     SELECT lp.user_id, lp.learning_plan_id, lp.completed_sessions, coalesce(done.actual, 0) AS actual

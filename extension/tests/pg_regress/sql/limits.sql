@@ -14,7 +14,7 @@ INSERT INTO tally.sessions (user_id, kind, learning_plan_id, started_at) VALUES 
 INSERT INTO tally.sessions (user_id, kind, started_at) SELECT 'cruz', 'practice', '2026-04-02 10:00+00' FROM generate_series(1, 3);
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO tally.sessions (user_id, kind, started_at) SELECT 'cruz', 'practice', '2026-04-02 10:00+00' FROM generate_series(1, 2);
-SELECT * FROM public.usage_by_period WHERE user_id = 'cruz';
+SELECT * FROM public.usage_by_period WHERE user_id = 'cruz' ORDER BY user_id, period;
 -- a statement spanning users and counters is refused whole when one of them is over
 INSERT INTO tally.sessions (user_id, kind, started_at) VALUES
     ('ana', 'practice', '2026-05-01 10:00+00'),
@@ -50,7 +50,7 @@ INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('cruz', 'practice
 -- these two would take the period to 4 of 3, and are refused
 UPDATE tally.sessions SET status = 'completed' WHERE session_id IN ('99999999-0000-4000-8000-000000000001', '99999999-0000-4000-8000-000000000004');
 \echo :LAST_ERROR_SQLSTATE
-SELECT * FROM public.usage_by_period WHERE user_id = 'cruz' AND period = '2026-06-01';
+SELECT * FROM public.usage_by_period WHERE user_id = 'cruz' AND period = '2026-06-01' ORDER BY user_id, period;
 RESET tally.reservation_timeout;
 SHOW tally.reservation_timeout;
 SELECT tally.reservation_timeout();
@@ -67,7 +67,7 @@ SHOW tally.enforce_limits;
 SET tally.enforce_limits = off;
 INSERT INTO tally.sessions (user_id, kind, started_at) SELECT 'cruz', 'assessment', '2026-08-01 10:00+00' FROM generate_series(1, 3);
 RESET tally.enforce_limits;
-SELECT * FROM public.usage_by_period WHERE user_id = 'cruz' AND period = '2026-08-01';
+SELECT * FROM public.usage_by_period WHERE user_id = 'cruz' AND period = '2026-08-01' ORDER BY user_id, period;
 -- ...a non-superuser may not
 CREATE ROLE regress_tally_limited;
 SET ROLE regress_tally_limited;

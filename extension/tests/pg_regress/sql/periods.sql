@@ -25,7 +25,7 @@ INSERT INTO tally.sessions (user_id, kind, started_at) VALUES
     ('eve', 'practice', '2026-02-28 00:00+00'),
     ('eve', 'practice', '2026-03-30 23:59+00'),
     ('eve', 'practice', '2026-03-31 00:00+00');
-SELECT * FROM public.usage_by_period WHERE user_id = 'eve';
+SELECT * FROM public.usage_by_period WHERE user_id = 'eve' ORDER BY user_id, period;
 SELECT count(*) AS drift FROM tally.verify();
 
 -- the current period rolls over with now(); nothing needs a cron job
@@ -35,17 +35,17 @@ FROM tally.current_usage WHERE user_id = 'eve';
 
 -- changing the anchor re-buckets the user's usage from the sessions
 UPDATE tally.subscriptions SET period_anchor = '2026-01-15 00:00+00' WHERE user_id = 'eve';
-SELECT * FROM public.usage_by_period WHERE user_id = 'eve';
+SELECT * FROM public.usage_by_period WHERE user_id = 'eve' ORDER BY user_id, period;
 SELECT count(*) AS drift FROM tally.verify();
 
 -- so does a new period on the plan, for every subscriber
 UPDATE tally.plans SET period = '14 days' WHERE plan_id = 'monthly_end';
-SELECT * FROM public.usage_by_period WHERE user_id = 'eve';
+SELECT * FROM public.usage_by_period WHERE user_id = 'eve' ORDER BY user_id, period;
 SELECT count(*) AS drift FROM tally.verify();
 
 -- moving to a plan with the same period keeps usage; to another period re-buckets
 UPDATE tally.subscriptions SET plan_id = 'unlimited', period_anchor = '2026-01-01 00:00+00' WHERE user_id = 'eve';
-SELECT * FROM public.usage_by_period WHERE user_id = 'eve';
+SELECT * FROM public.usage_by_period WHERE user_id = 'eve' ORDER BY user_id, period;
 SELECT public.consistent();
 DELETE FROM tally.subscriptions WHERE user_id = 'eve';
 DELETE FROM tally.plans WHERE plan_id = 'monthly_end';

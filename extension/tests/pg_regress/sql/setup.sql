@@ -19,28 +19,30 @@ INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES
     ('cruz', 'tiny', '2026-01-01 00:00+00');
 
 -- The oracle: counters that disagree with a plain recount of tally.sessions.
+-- (Joins by user_id throughout, so that it also runs on Citus.)
 CREATE VIEW public.recount_mismatches AS
-WITH actual AS (
+SELECT 'usage' AS object, coalesce(u.user_id, a.user_id) AS id, coalesce(u.period_start, a.period_start) AS period_start,
+       coalesce(u.practice_sessions_used, 0) AS stored_practice, coalesce(a.practice, 0) AS actual_practice,
+       coalesce(u.assessments_used, 0) AS stored_assessments, coalesce(a.assessments, 0) AS actual_assessments
+FROM tally.usage u
+FULL JOIN (
     SELECT x.user_id, date_trunc('month', x.started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS period_start,
            count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice,
            count(*) FILTER (WHERE k.counter = 'assessments') AS assessments
     FROM tally.sessions x JOIN tally.session_kinds k USING (kind)
     WHERE x.status = 'completed'
     GROUP BY 1, 2
-)
-SELECT 'usage' AS object, coalesce(u.user_id, a.user_id) AS id, coalesce(u.period_start, a.period_start) AS period_start,
-       coalesce(u.practice_sessions_used, 0) AS stored_practice, coalesce(a.practice, 0) AS actual_practice,
-       coalesce(u.assessments_used, 0) AS stored_assessments, coalesce(a.assessments, 0) AS actual_assessments
-FROM tally.usage u FULL JOIN actual a USING (user_id, period_start)
+) a ON a.user_id = u.user_id AND a.period_start = u.period_start
 WHERE coalesce(u.practice_sessions_used, 0) <> coalesce(a.practice, 0)
    OR coalesce(u.assessments_used, 0) <> coalesce(a.assessments, 0)
 UNION ALL
-SELECT 'learning_plan', lp.learning_plan_id::text, NULL, lp.completed_sessions,
-       (SELECT count(*) FROM tally.sessions x WHERE x.learning_plan_id = lp.learning_plan_id AND x.status = 'completed'),
-       NULL, NULL
+SELECT 'learning_plan', lp.learning_plan_id::text, NULL, lp.completed_sessions, coalesce(d.done, 0), NULL, NULL
 FROM tally.learning_plans lp
-WHERE lp.completed_sessions <> (SELECT count(*) FROM tally.sessions x
-                                WHERE x.learning_plan_id = lp.learning_plan_id AND x.status = 'completed');
+LEFT JOIN (SELECT x.user_id, x.learning_plan_id, count(*) AS done
+             FROM tally.sessions x
+            WHERE x.status = 'completed' AND x.learning_plan_id IS NOT NULL
+            GROUP BY 1, 2) d ON d.user_id = lp.user_id AND d.learning_plan_id = lp.learning_plan_id
+WHERE lp.completed_sessions <> coalesce(d.done, 0);
 
 -- What an analyst looks at, without the now()-dependent columns.
 CREATE VIEW public.usage_by_period AS

@@ -9,14 +9,14 @@ INSERT INTO tally.sessions (user_id, kind, started_at) VALUES
     ('ana', 'assessment', '2026-03-31 23:59:59+00'),
     ('ana', 'practice', '2026-04-01 00:00+00'),
     ('ben', 'practice', '2026-03-15 12:00+00');
-SELECT * FROM public.usage_by_period WHERE user_id IN ('ana', 'ben');
+SELECT * FROM public.usage_by_period WHERE user_id IN ('ana', 'ben') ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- INSERT ... SELECT
 INSERT INTO tally.sessions (user_id, kind, started_at)
 SELECT u, k, '2026-05-01 00:00+00'::timestamptz + i * interval '1 hour'
 FROM unnest(ARRAY['ana', 'ben']) u, unnest(ARRAY['practice', 'assessment']) k, generate_series(1, 5) i;
-SELECT * FROM public.usage_by_period WHERE period = '2026-05-01';
+SELECT * FROM public.usage_by_period WHERE period = '2026-05-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- COPY
@@ -28,40 +28,40 @@ COPY tally.sessions (session_id, user_id, kind, status, started_at, completed_at
 \.
 SELECT session_id, status, completed_at IS NOT NULL AS has_completed_at FROM tally.sessions
 WHERE session_id::text LIKE '11111111%' ORDER BY session_id;
-SELECT * FROM public.usage_by_period WHERE period = '2026-06-01';
+SELECT * FROM public.usage_by_period WHERE period = '2026-06-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- INSERT ... ON CONFLICT DO NOTHING: the existing row is not counted again
 INSERT INTO tally.sessions (session_id, user_id, kind, started_at)
 VALUES ('11111111-0000-4000-8000-000000000001', 'ana', 'practice', '2026-06-02 10:00+00'),
        ('11111111-0000-4000-8000-000000000005', 'ana', 'practice', '2026-06-06 10:00+00')
-ON CONFLICT (session_id) DO NOTHING;
-SELECT * FROM public.usage_by_period WHERE period = '2026-06-01';
+ON CONFLICT (user_id, session_id) DO NOTHING;
+SELECT * FROM public.usage_by_period WHERE period = '2026-06-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- INSERT ... ON CONFLICT DO UPDATE: completing a started session through an upsert counts it once
 INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at)
 VALUES ('11111111-0000-4000-8000-000000000003', 'ben', 'practice', 'completed', '2026-06-04 10:00+00')
-ON CONFLICT (session_id) DO UPDATE SET status = excluded.status;
-SELECT * FROM public.usage_by_period WHERE period = '2026-06-01';
+ON CONFLICT (user_id, session_id) DO UPDATE SET status = excluded.status;
+SELECT * FROM public.usage_by_period WHERE period = '2026-06-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- UPDATE: started -> completed counts, started -> abandoned does not, duration fixes change nothing
 INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at) VALUES
     ('22222222-0000-4000-8000-000000000001', 'ben', 'assessment', 'started', '2026-07-01 08:00+00'),
     ('22222222-0000-4000-8000-000000000002', 'ben', 'assessment', 'started', '2026-07-01 09:00+00');
-SELECT * FROM public.usage_by_period WHERE period = '2026-07-01';
+SELECT * FROM public.usage_by_period WHERE period = '2026-07-01' ORDER BY user_id, period;
 UPDATE tally.sessions SET status = 'completed' WHERE session_id = '22222222-0000-4000-8000-000000000001';
 UPDATE tally.sessions SET status = 'abandoned' WHERE session_id = '22222222-0000-4000-8000-000000000002';
 UPDATE tally.sessions SET duration_seconds = 600 WHERE user_id = 'ben';
 SELECT status, completed_at IS NOT NULL AS has_completed_at FROM tally.sessions
 WHERE session_id::text LIKE '22222222%' ORDER BY session_id;
-SELECT * FROM public.usage_by_period WHERE period = '2026-07-01';
+SELECT * FROM public.usage_by_period WHERE period = '2026-07-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- DELETE gives usage back
 DELETE FROM tally.sessions WHERE user_id = 'ana' AND started_at >= '2026-05-01' AND started_at < '2026-06-01' AND kind = 'assessment';
-SELECT * FROM public.usage_by_period WHERE user_id = 'ana' AND period = '2026-05-01';
+SELECT * FROM public.usage_by_period WHERE user_id = 'ana' AND period = '2026-05-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- savepoint rollback undoes the counters with the rows
@@ -72,7 +72,7 @@ INSERT INTO tally.sessions (user_id, kind, started_at) SELECT 'ana', 'practice',
 DELETE FROM tally.sessions WHERE user_id = 'ana' AND started_at = '2026-08-01 10:00+00';
 ROLLBACK TO SAVEPOINT before_more;
 COMMIT;
-SELECT * FROM public.usage_by_period WHERE period = '2026-08-01';
+SELECT * FROM public.usage_by_period WHERE period = '2026-08-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- learning plans: completion and deletion of their sessions move completed_sessions
@@ -89,7 +89,7 @@ SELECT public.consistent();
 
 -- a kind mapped to none is stored but counts nowhere (except its learning plan)
 INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('ana', 'warmup', '2026-03-12 09:00+00');
-SELECT * FROM public.usage_by_period WHERE user_id = 'ana' AND period = '2026-03-01';
+SELECT * FROM public.usage_by_period WHERE user_id = 'ana' AND period = '2026-03-01' ORDER BY user_id, period;
 SELECT public.consistent();
 
 -- deleting a subscription deletes the user's sessions, learning plans and usage

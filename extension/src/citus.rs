@@ -1,0 +1,84 @@
+//! What tally needs to know of Citus, when tally's tables are distributed on it
+//! (`tally.distribute()`): which relations are shards of tally's tables, and which
+//! shards are on this node.
+//!
+//! Citus copies a table's triggers to its shards and fires them there. A trigger on a
+//! shard may reach co-located shards on its own node through tally's table names
+//! (Citus routes those statements locally) but nothing on another node. A reference
+//! table (plans, session kinds) has a copy on every node, and its triggers fire once
+//! on each: each firing then checks or fixes what lies on its own node, through the
+//! shards placed there, and together they cover the cluster exactly once.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::pg_sys;
+
+thread_local! {
+    /// Relations already found to be shards of tally's tables (the lookup is done
+    /// once per backend and shard).
+    static KNOWN_SHARDS: RefCell<HashSet<(pg_sys::Oid, i64)>> = RefCell::new(HashSet::new());
+}
+
+/// The shard id when `relname` reads `<table>_<digits>`, Citus's name for a shard.
+pub(crate) fn shard_id_in_name(relname: &CStr, table: &CStr) -> Option<i64> {
+    relname
+        .to_bytes()
+        .strip_prefix(table.to_bytes())
+        .and_then(|rest| rest.strip_prefix(b"_"))
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse().ok())
+}
+
+/// Whether Citus's metadata records relation `oid` as shard `shard_id` of
+/// `tally.<table>`.
+pub(crate) fn is_shard_of(oid: pg_sys::Oid, shard_id: i64, table: &CStr) -> bool {
+    if KNOWN_SHARDS.with(|known| known.borrow().contains(&(oid, shard_id))) {
+        return true;
+    }
+    let shard = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL
+            AND EXISTS (SELECT FROM pg_catalog.pg_dist_shard
+                         WHERE shardid = $1 AND logicalrelid = pg_catalog.to_regclass($2))",
+        &[shard_id.into(), format!("tally.{}", table.to_string_lossy()).into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if shard {
+        KNOWN_SHARDS.with(|known| known.borrow_mut().insert((oid, shard_id)));
+    }
+    shard
+}
+
+/// Whether a trigger fires on a Citus shard (a placement of a reference table
+/// included) rather than on tally's table itself.
+pub(crate) fn on_shard(relation: pg_sys::Relation, table: &CStr) -> bool {
+    // SAFETY: the trigger's relation is open and locked for the whole call.
+    let relname = unsafe { CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()) };
+    relname != table
+}
+
+/// The qualified names of the shards of `tally.<table>` placed on this node.
+pub(crate) fn local_shards(table: &str) -> Vec<String> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid)
+                   FROM pg_catalog.pg_dist_shard s
+                   JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid
+                  WHERE s.logicalrelid = pg_catalog.to_regclass($1)
+                    AND p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+                  ORDER BY s.shardid",
+                None,
+                &[format!("tally.{table}").into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: cannot list the shards on this node: {e}"))
+            .filter_map(|row| row.get::<String>(1).ok().flatten())
+            .collect()
+    })
+}
+

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# pg_regress files of extension/tests/pg_regress against a distributed tally on the
+# local Citus cluster (make test-citus), with their Citus expected outputs in
+# extension/tests/pg_regress/citus_expected (its README explains every difference).
+#   tests/citus_regress.sh PORT TEST...
+# The files run as they are but for two changes: roles are created with LOGIN, since
+# Citus opens its connections to the workers as the current role; and the import
+# with limits off sets tally.enforce_limits with SET LOCAL in a transaction block, the
+# form Citus passes on to the workers (a plain SET stays on the coordinator).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${1:?coordinator port}; shift
+out=target/citus-regress
+rm -rf "$out" && mkdir -p "$out/sql" "$out/expected"
+cp extension/tests/pg_regress/citus_expected/*.out "$out/expected/"
+for f in extension/tests/pg_regress/sql/*.sql; do
+    sed -E 's/^CREATE ROLE ([a-z_]+);/CREATE ROLE \1 LOGIN;/' "$f" |
+        perl -0pe 's/SET tally\.enforce_limits = off;\n(INSERT[^\n]*)\nRESET tally\.enforce_limits;/BEGIN;\nSET LOCAL tally.enforce_limits = off;\n$1\nCOMMIT;/g' \
+        > "$out/sql/$(basename "$f")"
+done
+tests/citus_db.sh "$port" tally_regress
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d tally_regress \
+    -c "CREATE EXTENSION tally" -c "SELECT tally.distribute()" >/dev/null
+pgxs_src=$(dirname "$(${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config} --pgxs)")/..
+"$pgxs_src/test/regress/pg_regress" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
+    --inputdir="$out" --outputdir="$out" \
+    --dbname=tally_regress setup "$@" || { cat "$out/regression.diffs"; exit 1; }
