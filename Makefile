@@ -23,6 +23,12 @@ TEST_URL := postgres://postgres@127.0.0.1:$(TEST_PORT)
 # The test cluster trades durability for speed; benchmarks use their own cluster.
 TEST_PG_CONF := "fsync = off" "synchronous_commit = off" "full_page_writes = off"
 
+# make test-citus: a coordinator and two workers on CITUS_PORT, CITUS_PORT+1, +2.
+CITUS_PORT ?= 55450
+CITUS_CLUSTER := target/citus-cluster
+# Citus 13.2.2 is built from source kept beside the project (../shared/citus).
+CITUS_BUILD ?= $(firstword $(wildcard ../shared/citus/build.sh $(abspath ..)/shared/citus/build.sh /work/shared/citus/build.sh))
+
 RUN_PORT ?= 55432
 RUN_CLUSTER := target/run-cluster
 
@@ -31,7 +37,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test package package-test client client-test browser-test test test-db test-cluster stop-test-cluster run bench soak clean
+        upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -123,6 +129,23 @@ isolation: test-cluster
 	    --inputdir=extension/tests/isolation --outputdir=target/isolation --dbname=tally_isolation \
 	    $$(sed -n 's/^test: //p' extension/tests/isolation/schedule) || { cat target/isolation/regression.diffs; exit 1; }
 
+# Citus, built and installed into PG_CONFIG's PostgreSQL when missing.
+setup-citus: setup
+	@[ -n "$(CITUS_BUILD)" ] || { echo "Citus source not found: set CITUS_BUILD=/path/to/shared/citus/build.sh" >&2; exit 1; }
+	PG_CONFIG=$(PG_CONFIG) $(CITUS_BUILD)
+
+# tally distributed on a local 3-node Citus cluster: the regression files of the
+# write paths and rules (Citus expected outputs in pg_regress/citus_expected) and the
+# limit race. The nodes preload the library, so they restart after every install.
+CITUS_REGRESS := motivating_case write_paths rules periods limits
+test-citus: install setup-citus
+	tests/citus_cluster.sh stop $(CITUS_CLUSTER)
+	tests/citus_cluster.sh start $(CITUS_CLUSTER) $(CITUS_PORT)
+	@trap 'tests/citus_cluster.sh stop $(CITUS_CLUSTER)' EXIT; \
+	tests/citus_regress.sh $(CITUS_PORT) $(CITUS_REGRESS) && \
+	tests/citus_race.sh $(CITUS_PORT) && \
+	tests/citus_inplace.sh $(CITUS_PORT)
+
 # The API's own tests: routing, auth and error mapping, no database needed.
 api-test:
 	cargo test -p tally-api
@@ -193,6 +216,7 @@ test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
 	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis client-test browser-test package-test
+	@$(MAKE) --no-print-directory test-citus
 
 run: install-release
 	tests/demo.sh
@@ -203,4 +227,5 @@ bench: install-release
 clean:
 	tests/cluster.sh stop $(TEST_CLUSTER)
 	tests/cluster.sh stop $(RUN_CLUSTER)
-	rm -rf target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade
+	tests/citus_cluster.sh stop $(CITUS_CLUSTER)
+	rm -rf target/citus-cluster target/citus-regress target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade

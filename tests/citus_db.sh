@@ -7,7 +7,7 @@
 set -euo pipefail
 port=${1:?coordinator port}
 db=${2:?database name}
-psql_on() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -p "$1" "${@:2}"; }
+psql_on() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -p "$1" "${@:2}"; }
 for p in $((port + 2)) $((port + 1)) "$port"; do
     psql_on "$p" -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
     psql_on "$p" -d "$db" -c "CREATE EXTENSION citus"

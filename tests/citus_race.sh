@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The limit race on a distributed tally (make test-citus): 8 connections insert 50
+# sessions each, one statement per transaction, for one user whose plan allows 50 per
+# period. Exactly 50 commit, the counter says 50, and tally.verify() finds nothing.
+#   tests/citus_race.sh PORT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${1:?coordinator port}
+db=tally_race
+url="postgres://postgres@127.0.0.1:$port/$db"
+fail() { echo "citus race: $*" >&2; exit 1; }
+tests/citus_db.sh "$port" "$db"
+psql -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION tally;
+SELECT tally.distribute();
+INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit, assessments_limit) VALUES ('fifty', 'Fifty', 50, 2);
+INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('racer', 'fifty');
+SQL
+insert="INSERT INTO tally.sessions (user_id, kind) VALUES ('racer', 'practice');"
+for client in $(seq 8); do
+    for _ in $(seq 50); do echo "$insert"; done |
+        psql -X -q "$url" >"target/citus-race-$client.log" 2>&1 &
+done
+wait
+refused=$(cat target/citus-race-*.log | grep -c "quota exceeded" || true)
+others=$(cat target/citus-race-*.log | grep "ERROR" | grep -vc "quota exceeded" || true)
+[ "$others" = 0 ] || fail "errors other than the quota: $(grep -h ERROR target/citus-race-*.log | grep -v 'quota exceeded' | head -3)"
+count() { psql -X -At "$url" -c "$1"; }
+sessions=$(count "SELECT count(*) FROM tally.sessions WHERE user_id = 'racer'")
+used=$(count "SELECT sum(practice_sessions_used) FROM tally.usage WHERE user_id = 'racer'")
+drift=$(count "SELECT count(*) FROM tally.verify()")
+[ "$sessions" = 50 ] || fail "$sessions sessions committed, not 50"
+[ "$used" = 50 ] || fail "the counter says $used, not 50"
+[ "$refused" = 350 ] || fail "$refused inserts refused with TL001, not 350"
+[ "$drift" = 0 ] || fail "tally.verify() reports $drift counters"
+echo "citus race: 400 inserts from 8 connections at a limit of 50: 50 committed, 350 refused, counter 50, no drift"
