@@ -13,8 +13,8 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::CStr;
 
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 thread_local! {
     /// Relations already found to be shards of tally's tables (the lookup is done
@@ -43,7 +43,10 @@ pub(crate) fn is_shard_of(oid: pg_sys::Oid, shard_id: i64, table: &CStr) -> bool
         "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL
             AND EXISTS (SELECT FROM pg_catalog.pg_dist_shard
                          WHERE shardid = $1 AND logicalrelid = pg_catalog.to_regclass($2))",
-        &[shard_id.into(), format!("tally.{}", table.to_string_lossy()).into()],
+        &[
+            shard_id.into(),
+            format!("tally.{}", table.to_string_lossy()).into(),
+        ],
     )
     .ok()
     .flatten()
@@ -81,4 +84,3 @@ pub(crate) fn local_shards(table: &str) -> Vec<String> {
             .collect()
     })
 }
-

@@ -40,11 +40,15 @@ use crate::spi::{
 /// are not abandoned; completions of started sessions whose reservation expired),
 /// `unheld` new started sessions dated past the reservation timeout (they hold no
 /// slot but need one free).
-macro_rules! insert_changed { () => { "SELECT user_id, kind, started_at, learning_plan_id,
+macro_rules! insert_changed {
+    () => {
+        "SELECT user_id, kind, started_at, learning_plan_id,
        (status = 'completed')::int AS done,
        (status <> 'abandoned')::int AS added,
        (status = 'started' AND started_at <= now() - tally.reservation_timeout())::int AS unheld
-  FROM tally_new" }; }
+  FROM tally_new"
+    };
+}
 
 // session_id never changes (sessions_check_update), so it pairs each new row with
 // its old one.
@@ -56,8 +60,12 @@ macro_rules! update_changed { () => { "SELECT n.user_id, n.kind, n.started_at, n
 UNION ALL
 SELECT user_id, kind, started_at, learning_plan_id, -1, 0, 0 FROM tally_old WHERE status = 'completed'" }; }
 
-macro_rules! delete_changed { () => { "SELECT user_id, kind, started_at, learning_plan_id, -1 AS done, 0 AS added, 0 AS unheld
-  FROM tally_old WHERE status = 'completed'" }; }
+macro_rules! delete_changed {
+    () => {
+        "SELECT user_id, kind, started_at, learning_plan_id, -1 AS done, 0 AS added, 0 AS unheld
+  FROM tally_old WHERE status = 'completed'"
+    };
+}
 
 /// The three queries of the set-based path, each over one statement's transition
 /// tables and nothing else.
@@ -160,7 +168,8 @@ UPDATE tally.usage
  WHERE user_id = $1 AND period_start = $2
 "#;
 
-const PLAN_ONE_SQL: &str = "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $3
+const PLAN_ONE_SQL: &str =
+    "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $3
  WHERE user_id = $1 AND learning_plan_id = $2";
 
 /// Rows in a transition table, without reading it.
@@ -266,14 +275,20 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
         |(mut users, mut anchors, mut periods), (user, s)| {
             users.push(user.clone());
             anchors.push(s.anchor);
-            periods.push(s.period.clone());
+            periods.push(s.period);
             (users, anchors, periods)
         },
     );
     let groups: Vec<Group> = run_cached(
         client,
         changes.groups,
-        &[TEXT_ARRAY, TIMESTAMPTZ_ARRAY, INTERVAL_ARRAY, TEXT_ARRAY, TEXT_ARRAY],
+        &[
+            TEXT_ARRAY,
+            TIMESTAMPTZ_ARRAY,
+            INTERVAL_ARRAY,
+            TEXT_ARRAY,
+            TEXT_ARRAY,
+        ],
         &[
             user_ids.into(),
             anchors.into(),
@@ -300,7 +315,14 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
     for group in groups {
         let (practice, assessments) = group.done;
         if practice > 0 || assessments > 0 || group.added.0 > 0 || group.added.1 > 0 {
-            let used = raise(client, &group.user_id, group.period_start, group.period_end, practice, assessments);
+            let used = raise(
+                client,
+                &group.user_id,
+                group.period_start,
+                group.period_end,
+                practice,
+                assessments,
+            );
             let subscription = &subscriptions[&group.user_id];
             for counter in [Counter::PracticeSessions, Counter::Assessments] {
                 let added = counter.of(group.added.0, group.added.1);
@@ -320,7 +342,13 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
                 }
             }
         } else if practice < 0 || assessments < 0 {
-            lower(client, &group.user_id, group.period_start, practice, assessments);
+            lower(
+                client,
+                &group.user_id,
+                group.period_start,
+                practice,
+                assessments,
+            );
         }
     }
     for (user, plan, delta) in plans {

@@ -5,12 +5,12 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
-use crate::citus;
-use pgrx::spi;
 use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
+use crate::citus;
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal;
 use crate::sessions::column;
+use pgrx::spi;
 
 fn maintained_by_tally(what: &str) -> TallyError {
     TallyError::new(
@@ -130,7 +130,10 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
             citus::local_shards("sessions"),
         )
     } else {
-        ("tally.session_kinds".to_string(), vec!["tally.sessions".to_string()])
+        (
+            "tally.session_kinds".to_string(),
+            vec!["tally.sessions".to_string()],
+        )
     };
     Spi::run_with_args(
         &format!("SELECT 1 FROM {kinds} WHERE kind = $1 FOR UPDATE"),

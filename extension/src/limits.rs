@@ -24,8 +24,6 @@ SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
    AND x.started_at > now() - tally.reservation_timeout()
 "#;
 
-/// The same count for many candidates at once, in one statement (bulk loads).
-
 /// A (user, period, counter) that this statement added metered sessions to, under a limit.
 pub(crate) struct LimitCheck {
     pub user_id: String,
@@ -44,7 +42,6 @@ pub(crate) struct LimitCheck {
     /// (not in the reservation count) but each needs one free when inserted.
     pub unheld: i32,
 }
-
 
 /// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
 ///

@@ -5,12 +5,12 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
-use crate::citus;
-use crate::spi::get;
 use crate::binding::{on, Level::*, Timing::*, DELETE, UPDATE};
+use crate::citus;
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
 use crate::internal::InternalWrite;
 use crate::sessions::column;
+use crate::spi::get;
 
 /// Recounts every usage row of `users` from their completed sessions. The subscription
 /// rows are locked first, so that concurrent session inserts (whose foreign key checks
@@ -158,7 +158,9 @@ fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datu
                     None,
                     &[user.into()],
                 )
-                .unwrap_or_else(|e| panic!("tally: cannot drop usage of deleted subscriptions: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("tally: cannot drop usage of deleted subscriptions: {e}")
+                });
         }
     });
     Ok(pg_sys::Datum::null())

@@ -161,7 +161,8 @@ fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
 }
 
 fn fix_learning_plan(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
-    let key = || -> Vec<DatumWithOid<'static>> { vec![d.user_id.clone().into(), d.id.clone().into()] };
+    let key =
+        || -> Vec<DatumWithOid<'static>> { vec![d.user_id.clone().into(), d.id.clone().into()] };
     let Some(stored) = one_i64(
         client,
         "SELECT completed_sessions::bigint FROM tally.learning_plans
