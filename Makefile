@@ -134,17 +134,24 @@ setup-citus: setup
 	@[ -n "$(CITUS_BUILD)" ] || { echo "Citus source not found: set CITUS_BUILD=/path/to/shared/citus/build.sh" >&2; exit 1; }
 	PG_CONFIG=$(PG_CONFIG) $(CITUS_BUILD)
 
-# tally distributed on a local 3-node Citus cluster: the regression files of the
-# write paths and rules (Citus expected outputs in pg_regress/citus_expected) and the
-# limit race. The nodes preload the library, so they restart after every install.
-CITUS_REGRESS := motivating_case write_paths rules periods limits
+# tally distributed on a local 3-node Citus cluster: the regression files (Citus
+# expected outputs in pg_regress/citus_expected), the limit race, the in-place
+# distribution of a filled database and the end-to-end tests, all through the
+# coordinator. The nodes preload the library, so they restart after every install.
+# The end-to-end tests that hold on Citus too (the others manage clusters of their own,
+# or pg_dump, which a distributed tally is not backed up with).
+CITUS_E2E := invariant limits api bad_input hostile security
+CITUS_REGRESS := motivating_case write_paths rules periods limits repair grants record_session security
 test-citus: install setup-citus
 	tests/citus_cluster.sh stop $(CITUS_CLUSTER)
 	tests/citus_cluster.sh start $(CITUS_CLUSTER) $(CITUS_PORT)
 	@trap 'tests/citus_cluster.sh stop $(CITUS_CLUSTER)' EXIT; \
 	tests/citus_regress.sh $(CITUS_PORT) $(CITUS_REGRESS) && \
 	tests/citus_race.sh $(CITUS_PORT) && \
-	tests/citus_inplace.sh $(CITUS_PORT)
+	tests/citus_inplace.sh $(CITUS_PORT) && \
+	cargo build -q -p tally-api && \
+	TALLY_TEST_ADMIN_URL=postgres://postgres@127.0.0.1:$(CITUS_PORT)/postgres TALLY_TEST_CITUS_PORT=$(CITUS_PORT) \
+	    cargo test -p tally-e2e --no-fail-fast $(foreach t,$(CITUS_E2E),--test $(t)) -- --test-threads=1 --skip database_down_then_up
 
 # The API's own tests: routing, auth and error mapping, no database needed.
 api-test:

@@ -21,7 +21,7 @@ start)
             "citus.node_conninfo = 'sslmode=disable'" \
             "citus.enable_unsafe_triggers = on" \
             "citus.propagate_set_commands = 'local'" \
-            "max_prepared_transactions = 200" \
+            "max_prepared_transactions = 200" "max_worker_processes = 64" \
             "fsync = off" "synchronous_commit = off" "full_page_writes = off"
         i=$((i + 1))
     done

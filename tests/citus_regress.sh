@@ -3,10 +3,11 @@
 # local Citus cluster (make test-citus), with their Citus expected outputs in
 # extension/tests/pg_regress/citus_expected (its README explains every difference).
 #   tests/citus_regress.sh PORT TEST...
-# The files run as they are but for two changes: roles are created with LOGIN, since
-# Citus opens its connections to the workers as the current role; and the import
-# with limits off sets tally.enforce_limits with SET LOCAL in a transaction block, the
-# form Citus passes on to the workers (a plain SET stays on the coordinator).
+# The files run as they are but for these changes: roles are created with LOGIN, since
+# Citus opens its connections to the workers as the current role; and settings that
+# must reach the triggers (tally.enforce_limits for an import, session_replication_role
+# to make drift on purpose) are set with SET LOCAL in a transaction block, the form
+# Citus passes on to the workers (a plain SET stays on the coordinator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${1:?coordinator port}; shift
@@ -15,7 +16,8 @@ rm -rf "$out" && mkdir -p "$out/sql" "$out/expected"
 cp extension/tests/pg_regress/citus_expected/*.out "$out/expected/"
 for f in extension/tests/pg_regress/sql/*.sql; do
     sed -E 's/^CREATE ROLE ([a-z_]+);/CREATE ROLE \1 LOGIN;/' "$f" |
-        perl -0pe 's/SET tally\.enforce_limits = off;\n(INSERT[^\n]*)\nRESET tally\.enforce_limits;/BEGIN;\nSET LOCAL tally.enforce_limits = off;\n$1\nCOMMIT;/g' \
+        perl -0pe 's/SET tally\.enforce_limits = off;\n(INSERT[^\n]*)\nRESET tally\.enforce_limits;/BEGIN;\nSET LOCAL tally.enforce_limits = off;\n$1\nCOMMIT;/g;
+                   s/SET session_replication_role = replica;\n(.*?)RESET session_replication_role;/BEGIN;\nSET LOCAL session_replication_role = replica;\n$1COMMIT;/gs' \
         > "$out/sql/$(basename "$f")"
 done
 tests/citus_db.sh "$port" tally_regress

@@ -211,6 +211,11 @@ impl Keys {
 pub struct Caller(pub Claims);
 
 impl Caller {
+    /// The user a user token acts for; None for a service token, which names no user.
+    pub fn own_user(&self) -> Option<&str> {
+        (self.0.role != Role::Service).then_some(self.0.sub.as_str())
+    }
+
     /// A user token acts only for its own `sub`; a service token for anyone.
     pub fn may_act_for(&self, user_id: &str) -> Result<(), ApiError> {
         if self.0.role == Role::Service || self.0.sub == user_id {

@@ -78,7 +78,7 @@ pub async fn record_session(
         .as_str()
         .and_then(|id| Uuid::parse_str(id).ok())
         .ok_or_else(|| ApiError::Internal("record_session returned no session_id".into()))?;
-    let session = find_session(client, id)
+    let session = find_session(client, id, Some(user_id))
         .await?
         .ok_or_else(|| ApiError::Conflict("the session was deleted meanwhile; retry".into()))?;
     let usage = usage(client, &session.user_id).await?;
@@ -89,28 +89,37 @@ pub async fn record_session(
     }))
 }
 
+/// The session with this id: the caller's own first when `preferred` names a user
+/// (a user token). On one node ids are unique; on Citus they are unique per user,
+/// and an id two users share is a conflict for a caller who names neither.
 pub async fn find_session(
     client: &impl GenericClient,
     id: Uuid,
-) -> Result<Option<Session>, tokio_postgres::Error> {
+    preferred: Option<&str>,
+) -> Result<Option<Session>, ApiError> {
     let statement = client
         .prepare_cached(&format!(
-            "SELECT {SESSION_COLUMNS} FROM tally.sessions WHERE session_id = $1"
+            "SELECT {SESSION_COLUMNS} FROM tally.sessions WHERE session_id = $1
+              ORDER BY user_id IS NOT DISTINCT FROM $2 DESC, user_id LIMIT 2"
         ))
         .await?;
-    Ok(client
-        .query_opt(&statement, &[&id])
-        .await?
-        .as_ref()
-        .map(Session::from))
+    let rows = client.query(&statement, &[&id, &preferred]).await?;
+    match rows.as_slice() {
+        [] => Ok(None),
+        [only] => Ok(Some(Session::from(only))),
+        // A user token gets its own session, or another user's to be refused (403).
+        [first, ..] if preferred.is_some() => Ok(Some(Session::from(first))),
+        _ => Err(ApiError::Conflict(format!(
+            "session id {id} is used by more than one user: a service caller cannot tell which is meant"
+        ))),
+    }
 }
 
-/// Finishes the session if `owner` may touch it (None: any owner). None when no
-/// such session is visible to the caller.
+/// Finishes `owner`'s session with this id. None when `owner` has no such session.
 pub async fn finish_session(
     client: &impl GenericClient,
     id: Uuid,
-    owner: Option<&str>,
+    owner: &str,
     update: &SessionUpdate,
 ) -> Result<Option<Session>, tokio_postgres::Error> {
     let statement = client
@@ -119,7 +128,7 @@ pub async fn finish_session(
                 SET status = $2,
                     completed_at = coalesce($3, completed_at),
                     duration_seconds = coalesce($4, duration_seconds)
-              WHERE session_id = $1 AND ($5::text IS NULL OR user_id = $5)
+              WHERE user_id = $5 AND session_id = $1
              RETURNING {SESSION_COLUMNS}"
         ))
         .await?;

@@ -263,6 +263,60 @@ fn parse_quota(message: String, detail: &str) -> Quota {
     quota
 }
 
+/// tally's refusals by a fragment of their message, for errors that reach the client
+/// as `XX000`: on Citus, an error raised on a worker during COPY or `INSERT … SELECT`
+/// is rewrapped with that code, its message and DETAIL kept.
+const TALLY_MESSAGES: &[(&str, &str)] = &[
+    ("quota exceeded: user ", "TL001"),
+    ("a session cannot change status from ", "TL002"),
+    (" of a session never changes", "TL003"),
+    (": only duration_seconds may change, not ", "TL003"),
+    ("user_id of a subscription never changes", "TL003"),
+    (
+        " is maintained by tally and cannot be written directly",
+        "TL004",
+    ),
+    (
+        " cannot change while completed sessions of that kind exist",
+        "TL005",
+    ),
+    (" completed session(s) and cannot be deleted", "TL006"),
+    ("TRUNCATE of tally.sessions is not allowed", "TL007"),
+    // PostgreSQL's own refusals, rewrapped alike.
+    (" violates foreign key constraint ", "23503"),
+    (" violates check constraint ", "23514"),
+    ("duplicate key value violates unique constraint ", "23505"),
+    (" violates not-null constraint", "23502"),
+];
+
+/// The SQLSTATE a database error stands for: its own, or, for an `XX000` that is
+/// one of tally's refusals (or a constraint's) rewrapped by Citus, the original.
+pub fn sqlstate(db: &tokio_postgres::error::DbError) -> &str {
+    let code = db.code().code();
+    if code != "XX000" {
+        return code;
+    }
+    TALLY_MESSAGES
+        .iter()
+        .find(|(fragment, _)| db.message().contains(fragment))
+        .map_or(code, |(_, tally)| tally)
+}
+
+/// A constraint's name as declared: errors raised on a Citus shard name the shard's
+/// copy, with the shard id appended (`sessions_kind_fkey_102041`).
+fn declared_constraint(name: &str) -> &str {
+    match name.rsplit_once('_') {
+        Some((declared, shard))
+            if !declared.is_empty()
+                && !shard.is_empty()
+                && shard.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            declared
+        }
+        _ => name,
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> Self {
         let Some(db) = error.as_db_error() else {
@@ -271,8 +325,8 @@ impl From<tokio_postgres::Error> for ApiError {
             }
             return ApiError::Internal(error.to_string());
         };
-        let code = db.code().code();
-        let constraint = db.constraint().unwrap_or_default();
+        let code = sqlstate(db);
+        let constraint = declared_constraint(db.constraint().unwrap_or_default());
         match code {
             "TL001" => ApiError::QuotaExceeded(Box::new(parse_quota(
                 db.message().to_string(),
@@ -318,6 +372,32 @@ mod tests {
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(body["error"]["code"], expected, "{status}");
+        }
+    }
+
+    #[test]
+    fn shard_suffixes_come_off_constraint_names() {
+        assert_eq!(
+            declared_constraint("sessions_kind_fkey_102041"),
+            "sessions_kind_fkey"
+        );
+        assert_eq!(
+            declared_constraint("sessions_kind_fkey"),
+            "sessions_kind_fkey"
+        );
+        assert_eq!(declared_constraint("sessions_pkey_7"), "sessions_pkey");
+        assert_eq!(declared_constraint(""), "");
+        // Every constraint the API explains keeps its message with a suffix.
+        for name in [
+            "sessions_kind_fkey",
+            "sessions_user_id_fkey",
+            "sessions_learning_plan_same_user",
+            "sessions_duration_not_negative",
+        ] {
+            assert_eq!(
+                constraint_message(declared_constraint(&format!("{name}_102033"))),
+                constraint_message(name)
+            );
         }
     }
 

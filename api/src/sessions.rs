@@ -131,6 +131,7 @@ pub async fn create_session(
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "On Citus, where session ids are unique per user: a service token read an id two users share (conflict)", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -142,7 +143,7 @@ pub async fn get_session(
 ) -> Result<Json<Session>, ApiError> {
     let id = parse_id(&raw_id)?;
     let client = state.pool.get().await?;
-    let session = db::find_session(&client, id)
+    let session = db::find_session(&client, id, caller.own_user())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
     caller.may_act_for(&session.user_id)?;
@@ -179,15 +180,24 @@ pub async fn finish_session(
     let id = parse_id(&raw_id)?;
     check_timestamps(&[("completed_at", update.completed_at)])?;
     let client = state.pool.get().await?;
-    // The owner check is part of the UPDATE, so a user token can never touch
-    // another user's session, even for an instant.
-    let owner = (caller.0.role != Role::Service).then_some(caller.0.sub.as_str());
-    let finished = db::with_retries(|| db::finish_session(&client, id, owner, &update)).await?;
+    // The owner is part of the UPDATE (its key on Citus), so a user token can never
+    // touch another user's session, even for an instant. A service token names no
+    // user: the session's own is looked up first.
+    let owner = match caller.own_user() {
+        Some(user) => user.to_string(),
+        None => {
+            db::find_session(&client, id, None)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?
+                .user_id
+        }
+    };
+    let finished = db::with_retries(|| db::finish_session(&client, id, &owner, &update)).await?;
     let session = match finished {
         Some(session) => session,
         None => {
             // Not updated: tell a missing session from someone else's.
-            let existing = db::find_session(&client, id)
+            let existing = db::find_session(&client, id, caller.own_user())
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no session {id}")))?;
             caller.may_act_for(&existing.user_id)?;

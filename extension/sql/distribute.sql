@@ -119,3 +119,7 @@ $fn$;
 COMMENT ON FUNCTION tally.distribute(integer) IS
     'On a Citus coordinator: distributes tally''s tables by user_id (co-located; plans and session_kinds as reference tables), keeping their data, triggers and foreign keys. shard_count defaults to citus.shard_count.';
 REVOKE ALL ON FUNCTION tally.distribute(integer) FROM PUBLIC;
+
+-- tally.repair() calls it, as the extension owner, on the node that holds a user's
+-- shards; no other role may.
+REVOKE ALL ON FUNCTION tally.repair_counter(text, text, text, timestamptz, text, text) FROM PUBLIC;

@@ -161,6 +161,14 @@ LEFT JOIN LATERAL (
     GROUP BY x.user_id
 ) r ON true;
 
+-- tally.repair()'s fix of one counter on the node that holds it (Citus).
+CREATE FUNCTION tally.repair_counter(
+    "user_id" text, "object" text, "id" text, "period_start" timestamptz, "counter" text, "adjusted_by" text)
+RETURNS bool
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'repair_counter_wrapper';
+
 -- tally.distribute()
 CREATE FUNCTION tally.distribute(shard_count integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
@@ -281,3 +289,7 @@ $fn$;
 COMMENT ON FUNCTION tally.distribute(integer) IS
     'On a Citus coordinator: distributes tally''s tables by user_id (co-located; plans and session_kinds as reference tables), keeping their data, triggers and foreign keys. shard_count defaults to citus.shard_count.';
 REVOKE ALL ON FUNCTION tally.distribute(integer) FROM PUBLIC;
+
+-- tally.repair() calls it, as the extension owner, on the node that holds a user's
+-- shards; no other role may.
+REVOKE ALL ON FUNCTION tally.repair_counter(text, text, text, timestamptz, text, text) FROM PUBLIC;

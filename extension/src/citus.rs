@@ -39,18 +39,18 @@ pub(crate) fn is_shard_of(oid: pg_sys::Oid, shard_id: i64, table: &CStr) -> bool
     if KNOWN_SHARDS.with(|known| known.borrow().contains(&(oid, shard_id))) {
         return true;
     }
-    let shard = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL
-            AND EXISTS (SELECT FROM pg_catalog.pg_dist_shard
-                         WHERE shardid = $1 AND logicalrelid = pg_catalog.to_regclass($2))",
-        &[
-            shard_id.into(),
-            format!("tally.{}", table.to_string_lossy()).into(),
-        ],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    let shard = citus_catalog("pg_dist_shard")
+        && Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_shard
+                             WHERE shardid = $1 AND logicalrelid = pg_catalog.to_regclass($2))",
+            &[
+                shard_id.into(),
+                format!("tally.{}", table.to_string_lossy()).into(),
+            ],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
     if shard {
         KNOWN_SHARDS.with(|known| known.borrow_mut().insert((oid, shard_id)));
     }
@@ -83,4 +83,72 @@ pub(crate) fn local_shards(table: &str) -> Vec<String> {
             .filter_map(|row| row.get::<String>(1).ok().flatten())
             .collect()
     })
+}
+
+/// Whether tally's tables are distributed by Citus (`tally.distribute()` ran).
+pub(crate) fn distributed() -> bool {
+    citus_catalog("pg_dist_partition")
+        && Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+                             WHERE logicalrelid = pg_catalog.to_regclass('tally.sessions'))",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Whether Citus's catalog table `name` exists here (a query naming it would not
+/// even parse without Citus).
+fn citus_catalog(name: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.to_regclass('pg_catalog.' || $1) IS NOT NULL",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// `citus.allow_nested_distributed_execution` on until dropped, for a function Citus
+/// runs inside a query it routed to this node, whose own statements address the
+/// same user's co-located shards (local ones).
+pub(crate) struct AllowNestedExecution(Option<std::os::raw::c_int>);
+
+impl AllowNestedExecution {
+    pub(crate) fn begin() -> Self {
+        // SAFETY: a GUC nest level saved and restored in Drop, as for a function's SET
+        // clause; the setting is looked up by name and skipped when Citus is absent.
+        unsafe {
+            if pg_sys::GetConfigOption(
+                c"citus.allow_nested_distributed_execution".as_ptr(),
+                true,
+                false,
+            )
+            .is_null()
+            {
+                return AllowNestedExecution(None);
+            }
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"citus.allow_nested_distributed_execution".as_ptr(),
+                c"on".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            AllowNestedExecution(Some(level))
+        }
+    }
+}
+
+impl Drop for AllowNestedExecution {
+    fn drop(&mut self) {
+        if let Some(level) = self.0 {
+            // SAFETY: restores the settings of the nest level begin() opened.
+            unsafe { pg_sys::AtEOXact_GUC(true, level) };
+        }
+    }
 }

@@ -43,7 +43,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/distribute.sql",
     name = "distribute",
-    requires = ["triggers"]
+    requires = ["triggers", repair::repair_counter]
 );
 
 /// RFC 3339 text of a timestamp, in UTC, for messages.

@@ -113,17 +113,29 @@ fn one_i64(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> 
 fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
     let period_start = d.period_start.expect("usage drift has a period");
     let key = || -> Vec<DatumWithOid<'static>> { vec![d.id.clone().into(), period_start.into()] };
-    client
-        .update(
-            "INSERT INTO tally.usage (user_id, period_start, period_end)
-             SELECT s.user_id, $2, tally.period_end_for(s.period_anchor, p.period, $2)
+    // Read, then write with plain values: each statement is routed by user_id on
+    // Citus (an INSERT … SELECT with parameters would be sent to every shard).
+    let period_end: Option<TimestampWithTimeZone> = client
+        .select(
+            "SELECT tally.period_end_for(s.period_anchor, p.period, $2)
                FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
-              WHERE s.user_id = $1
-             ON CONFLICT (user_id, period_start) DO NOTHING",
+              WHERE s.user_id = $1",
             None,
             &key(),
         )
-        .unwrap_or_else(|e| panic!("tally: repair could not create a usage row: {e}"));
+        .unwrap_or_else(|e| panic!("tally: repair could not read a subscription: {e}"))
+        .next()
+        .and_then(|row| row.get(1).ok().flatten());
+    if let Some(period_end) = period_end {
+        client
+            .update(
+                "INSERT INTO tally.usage (user_id, period_start, period_end) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, period_start) DO NOTHING",
+                None,
+                &[d.id.clone().into(), period_start.into(), period_end.into()],
+            )
+            .unwrap_or_else(|e| panic!("tally: repair could not create a usage row: {e}"));
+    }
     let stored = one_i64(
         client,
         "SELECT CASE WHEN $3 = 'practice_sessions_used' THEN practice_sessions_used ELSE assessments_used END::bigint
@@ -191,6 +203,44 @@ fn fix_learning_plan(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
     (stored, actual)
 }
 
+/// Locks, recounts and fixes one counter, recording the fix in tally.adjustments as
+/// made by `adjusted_by`. False when it needed no fix (fixed meanwhile by the writes
+/// that were in flight).
+fn fix_one(client: &mut SpiClient<'_>, drift: &Drift, adjusted_by: &str) -> bool {
+    let (stored, actual) = match drift.object.as_str() {
+        "usage" => fix_usage(client, drift),
+        _ => fix_learning_plan(client, drift),
+    };
+    if stored == actual {
+        return false;
+    }
+    client
+        .update(
+            "INSERT INTO tally.adjustments (adjusted_by, object, object_id, period_start, counter, old_value, new_value, user_id)
+             VALUES ($8, $1, $2, $3, $4, $5, $6, $7)",
+            None,
+            &[
+                drift.object.clone().into(),
+                drift.id.clone().into(),
+                drift.period_start.into(),
+                drift.counter.clone().into(),
+                stored.into(),
+                actual.into(),
+                drift.user_id.clone().into(),
+                adjusted_by.into(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("tally: repair could not record an adjustment: {e}"));
+    true
+}
+
+/// On Citus, each fix runs on the node that holds the user's shards, reached by a
+/// query Citus routes there: the counters' guards accept only writes from tally's
+/// own code in the backend that makes them, and a write sent from the coordinator
+/// is not one.
+const ROUTED_FIX_SQL: &str = "SELECT tally.repair_counter(s.user_id, $2, $3, $4, $5, $6)
+  FROM tally.subscriptions s WHERE s.user_id = $1";
+
 /// Fixes every counter `verify()` reports, records each fix in tally.adjustments and
 /// returns how many it fixed. Each counter is locked and recounted under its lock, so
 /// sessions written concurrently are neither lost nor counted twice. Run it in READ
@@ -200,34 +250,71 @@ fn fix_learning_plan(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
 #[search_path(pg_catalog, pg_temp)]
 pub fn repair() -> i64 {
     let _internal = InternalWrite::begin();
+    let distributed = crate::citus::distributed();
     Spi::connect_mut(|client| {
+        let caller: String = client
+            .select("SELECT session_user::text", None, &[])
+            .unwrap_or_else(|e| panic!("tally: repair cannot read session_user: {e}"))
+            .first()
+            .get_one()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let mut fixed = 0;
         for drift in find_drift(client) {
-            let (stored, actual) = match drift.object.as_str() {
-                "usage" => fix_usage(client, &drift),
-                _ => fix_learning_plan(client, &drift),
+            let done = if distributed {
+                // A user without a subscription has no shard row to route by; its
+                // usage rows are dropped with the subscription, so none are left.
+                client
+                    .update(
+                        ROUTED_FIX_SQL,
+                        None,
+                        &[
+                            drift.user_id.clone().into(),
+                            drift.object.clone().into(),
+                            drift.id.clone().into(),
+                            drift.period_start.into(),
+                            drift.counter.clone().into(),
+                            caller.clone().into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| panic!("tally: repair could not reach a shard: {e}"))
+                    .filter_map(|row| row.get::<bool>(1).ok().flatten())
+                    .any(|fixed| fixed)
+            } else {
+                fix_one(client, &drift, &caller)
             };
-            if stored == actual {
-                continue; // fixed meanwhile by the writes that were in flight
-            }
-            client
-                .update(
-                    "INSERT INTO tally.adjustments (adjusted_by, object, object_id, period_start, counter, old_value, new_value, user_id)
-                     VALUES (session_user, $1, $2, $3, $4, $5, $6, $7)",
-                    None,
-                    &[
-                        drift.object.clone().into(),
-                        drift.id.clone().into(),
-                        drift.period_start.into(),
-                        drift.counter.clone().into(),
-                        stored.into(),
-                        actual.into(),
-                        drift.user_id.clone().into(),
-                    ],
-                )
-                .unwrap_or_else(|e| panic!("tally: repair could not record an adjustment: {e}"));
-            fixed += 1;
+            fixed += i64::from(done);
         }
         fixed
     })
+}
+
+/// `tally.repair()`'s fix of one counter on a distributed tally, run on the node that
+/// holds `user_id`'s shards (see ROUTED_FIX_SQL). It recounts from the sessions
+/// itself: it can only set a counter to what the sessions say.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn repair_counter(
+    user_id: String,
+    object: String,
+    id: String,
+    period_start: Option<TimestampWithTimeZone>,
+    counter: String,
+    adjusted_by: String,
+) -> bool {
+    let _internal = InternalWrite::begin();
+    // Statements for this user's rows stay on this node; Citus refuses them inside a
+    // query it sent here unless told that nested execution is expected.
+    let _nested = crate::citus::AllowNestedExecution::begin();
+    let drift = Drift {
+        object,
+        id,
+        period_start,
+        counter,
+        stored: 0,
+        actual: 0,
+        user_id,
+    };
+    Spi::connect_mut(|client| fix_one(client, &drift, &adjusted_by))
 }

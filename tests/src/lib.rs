@@ -1,5 +1,8 @@
 //! Shared helpers for tally's end-to-end tests: each test gets its own database, with
 //! the extension created, on the cluster named by TALLY_TEST_ADMIN_URL (`make e2e`).
+//! With TALLY_TEST_CITUS_PORT set, that cluster is the coordinator of a local Citus
+//! cluster (tests/citus_cluster.sh): each database is created on every node and tally
+//! is distributed in it (`make test-citus`).
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -32,9 +35,26 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// The coordinator's port when the tests run against Citus.
+fn citus_port() -> Option<String> {
+    std::env::var("TALLY_TEST_CITUS_PORT")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
 /// Drops and creates `name` as an empty database (DROP/CREATE DATABASE refuse to
-/// share an implicit transaction, hence two calls).
+/// share an implicit transaction, hence two calls). On Citus: on every node, with
+/// citus created and the workers added (tests/citus_db.sh).
 pub async fn recreate_empty_database(admin: &Client, name: &str) {
+    if let Some(port) = citus_port() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/citus_db.sh");
+        let status = std::process::Command::new(script)
+            .args([&port, name])
+            .status()
+            .expect("run tests/citus_db.sh");
+        assert!(status.success(), "tests/citus_db.sh {port} {name} failed");
+        return;
+    }
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await
@@ -45,16 +65,23 @@ pub async fn recreate_empty_database(admin: &Client, name: &str) {
         .expect("create test database");
 }
 
-/// Drops and creates database `name` with the tally extension; returns its URL.
+/// Drops and creates database `name` with the tally extension (distributed, on
+/// Citus); returns its URL.
 pub async fn fresh_database(name: &str) -> String {
     let admin = connect(&admin_url()).await;
     recreate_empty_database(&admin, name).await;
     let url = url_for(name);
-    connect(&url)
-        .await
+    let client = connect(&url).await;
+    client
         .batch_execute("CREATE EXTENSION tally")
         .await
         .expect("create extension");
+    if citus_port().is_some() {
+        client
+            .batch_execute("SET client_min_messages = warning; SELECT tally.distribute()")
+            .await
+            .expect("distribute tally");
+    }
     url
 }
 
@@ -62,26 +89,28 @@ pub async fn fresh_database(name: &str) -> String {
 /// periods are calendar months starting at 00:00 UTC on the 1st (what these tests
 /// use), computed without tally's own period code.
 pub const RECOUNT_MISMATCHES: &str = r#"
-WITH actual AS (
+SELECT coalesce(u.user_id, a.user_id) || ' ' || coalesce(u.period_start, a.period_start)::text
+       || ': stored ' || coalesce(u.practice_sessions_used, 0) || '/' || coalesce(u.assessments_used, 0)
+       || ' actual ' || coalesce(a.practice, 0) || '/' || coalesce(a.assessments, 0)
+FROM tally.usage u
+FULL JOIN (
     SELECT x.user_id, date_trunc('month', x.started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS period_start,
            count(*) FILTER (WHERE k.counter = 'practice_sessions') AS practice,
            count(*) FILTER (WHERE k.counter = 'assessments') AS assessments
     FROM tally.sessions x JOIN tally.session_kinds k USING (kind)
     WHERE x.status = 'completed'
     GROUP BY 1, 2
-)
-SELECT coalesce(u.user_id, a.user_id) || ' ' || coalesce(u.period_start, a.period_start)::text
-       || ': stored ' || coalesce(u.practice_sessions_used, 0) || '/' || coalesce(u.assessments_used, 0)
-       || ' actual ' || coalesce(a.practice, 0) || '/' || coalesce(a.assessments, 0)
-FROM tally.usage u FULL JOIN actual a USING (user_id, period_start)
+) a ON a.user_id = u.user_id AND a.period_start = u.period_start
 WHERE coalesce(u.practice_sessions_used, 0) <> coalesce(a.practice, 0)
    OR coalesce(u.assessments_used, 0) <> coalesce(a.assessments, 0)
 UNION ALL
-SELECT 'learning plan ' || lp.learning_plan_id || ': stored ' || lp.completed_sessions || ' actual ' || count(x.*)
+SELECT 'learning plan ' || lp.learning_plan_id || ': stored ' || lp.completed_sessions || ' actual ' || coalesce(d.done, 0)
 FROM tally.learning_plans lp
-LEFT JOIN tally.sessions x ON x.learning_plan_id = lp.learning_plan_id AND x.status = 'completed'
-GROUP BY lp.learning_plan_id, lp.completed_sessions
-HAVING lp.completed_sessions <> count(x.*)
+LEFT JOIN (SELECT x.user_id, x.learning_plan_id, count(*) AS done
+             FROM tally.sessions x
+            WHERE x.status = 'completed' AND x.learning_plan_id IS NOT NULL
+            GROUP BY 1, 2) d ON d.user_id = lp.user_id AND d.learning_plan_id = lp.learning_plan_id
+WHERE lp.completed_sessions <> coalesce(d.done, 0)
 "#;
 
 /// Panics unless both the independent recount and tally.verify() find nothing.
@@ -107,8 +136,15 @@ pub async fn assert_consistent(client: &Client) {
 }
 
 /// The SQLSTATE of a failed statement, if the database sent one.
+/// On Citus, tally's refusals rewrapped as XX000 count as their own code (the API's
+/// reading of them).
 pub fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
-    error.code().map(|c| c.code())
+    error.as_db_error().map(tally_api::error::sqlstate)
+}
+
+/// Whether the tests run against a distributed tally (see `fresh_database`).
+pub fn on_citus() -> bool {
+    citus_port().is_some()
 }
 
 pub const SECRET: &[u8] = b"an-api-test-secret-that-is-long-enough";
@@ -126,6 +162,14 @@ impl Api {
     }
 
     pub async fn start_with(database_url: &str, config: AppConfig) -> Api {
+        // The API's internal errors (logged, never sent) show in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "tally_api=error".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let state = AppState {
             pool: pool(database_url, 8, config.request_timeout).expect("pool"),
             keys: Keys::new(SECRET),

@@ -50,7 +50,8 @@ fn status(rng: &mut StdRng) -> &'static str {
 fn row(rng: &mut StdRng, user: &str) -> String {
     let kind = kind(rng);
     let plan = if kind == "learning_plan" {
-        format!("(SELECT learning_plan_id FROM tally.learning_plans WHERE user_id = '{user}' ORDER BY learning_plan_id LIMIT 1 OFFSET {})", rng.random_range(0..2))
+        // The fixtures' ids, computed rather than looked up: Citus takes no subquery in VALUES.
+        format!("md5('{user}/{}')::uuid", rng.random_range(1..=2))
     } else {
         "NULL::uuid".to_string()
     };
@@ -104,13 +105,26 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
         }
         5 => {
             // ON CONFLICT DO NOTHING against an existing session, plus a new one
+            let existing = client
+                .query_opt(
+                    "SELECT session_id::text, kind, started_at::text FROM tally.sessions WHERE user_id = $1 LIMIT 1",
+                    &[&u],
+                )
+                .await?;
+            let new = format!("(gen_random_uuid(), '{u}', 'practice', '{}')", started_at(rng));
+            let rows = match existing {
+                Some(row) => format!(
+                    "('{}'::uuid, '{u}', '{}', '{}'), {new}",
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, String>(2)
+                ),
+                None => new,
+            };
             client
                 .batch_execute(&format!(
-                    "INSERT INTO tally.sessions (session_id, user_id, kind, started_at)
-                     (SELECT session_id, user_id, kind, started_at FROM tally.sessions WHERE user_id = '{u}' LIMIT 1)
-                     UNION ALL SELECT gen_random_uuid(), '{u}', 'practice', '{}'
-                     ON CONFLICT (session_id) DO NOTHING",
-                    started_at(rng)
+                    "INSERT INTO tally.sessions (session_id, user_id, kind, started_at) VALUES {rows}
+                     ON CONFLICT (user_id, session_id) DO NOTHING"
                 ))
                 .await
         }
@@ -121,7 +135,7 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
                     "INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at)
                      SELECT session_id, user_id, kind, 'completed', started_at FROM tally.sessions
                       WHERE user_id = '{u}' AND status = 'started' LIMIT 1
-                     ON CONFLICT (session_id) DO UPDATE SET status = excluded.status
+                     ON CONFLICT (user_id, session_id) DO UPDATE SET status = excluded.status
                         WHERE tally.sessions.status = 'started'"
                 ))
                 .await
@@ -133,7 +147,7 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
                     // status = 'started' in the outer WHERE is re-checked if a concurrent
                     // writer finished the same session first, as a careful client writes it.
                     "UPDATE tally.sessions SET status = '{to}'
-                      WHERE status = 'started' AND session_id IN (SELECT session_id FROM tally.sessions
+                      WHERE user_id = '{u}' AND status = 'started' AND session_id IN (SELECT session_id FROM tally.sessions
                                             WHERE user_id = '{u}' AND status = 'started' LIMIT {})",
                     rng.random_range(1..4)
                 ))
@@ -151,7 +165,7 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
         10 => {
             client
                 .batch_execute(&format!(
-                    "DELETE FROM tally.sessions WHERE session_id IN
+                    "DELETE FROM tally.sessions WHERE user_id = '{u}' AND session_id IN
                         (SELECT session_id FROM tally.sessions WHERE user_id = '{u}' ORDER BY random() LIMIT {})",
                     rng.random_range(1..5)
                 ))
@@ -187,8 +201,9 @@ async fn mixed_concurrent_writes_keep_every_counter_exact() {
              INSERT INTO tally.session_kinds VALUES ('warmup', 'none');
              INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
                   SELECT 'user' || i, 'open', '2026-01-01 00:00+00' FROM generate_series(0, {last}) i;
-             INSERT INTO tally.learning_plans (user_id, title)
-                  SELECT 'user' || i, 'plan ' || j FROM generate_series(0, {last}) i, generate_series(1, 2) j;",
+             INSERT INTO tally.learning_plans (learning_plan_id, user_id, title)
+                  SELECT md5('user' || i || '/' || j)::uuid, 'user' || i, 'plan ' || j
+                    FROM generate_series(0, {last}) i, generate_series(1, 2) j;",
             last = USERS - 1
         ))
         .await
