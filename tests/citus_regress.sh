@@ -5,9 +5,10 @@
 #   tests/citus_regress.sh PORT TEST...
 # The files run as they are but for these changes: roles are created with LOGIN, since
 # Citus opens its connections to the workers as the current role; and settings that
-# must reach the triggers (tally.enforce_limits for an import, session_replication_role
-# to make drift on purpose) are set with SET LOCAL in a transaction block, the form
-# Citus passes on to the workers (a plain SET stays on the coordinator).
+# must reach the triggers are set in a form Citus passes on to the workers (a plain
+# SET stays on the coordinator, and tally refuses it there): tally.enforce_limits for
+# an import and session_replication_role to make drift on purpose with SET LOCAL in a
+# transaction block, the reservation timeout as a role setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${1:?coordinator port}; shift
@@ -15,8 +16,16 @@ out=target/citus-regress
 rm -rf "$out" && mkdir -p "$out/sql" "$out/expected"
 cp extension/tests/pg_regress/citus_expected/*.out "$out/expected/"
 for f in extension/tests/pg_regress/sql/*.sql; do
+    # A superuser's session SET of the reservation timeout (limits.sql; security.sql
+    # past its non-superuser attempts) becomes a role setting, which Citus passes on
+    # to the workers, taken up by a new connection (\c).
+    from=0
+    case "$(basename "$f")" in limits.sql) from=1 ;; security.sql) from=131 ;; esac
     sed -E 's/^CREATE ROLE ([a-z_]+);/CREATE ROLE \1 LOGIN;/' "$f" |
-        perl -0pe 's/SET tally\.enforce_limits = off;\n(INSERT[^\n]*)\nRESET tally\.enforce_limits;/BEGIN;\nSET LOCAL tally.enforce_limits = off;\n$1\nCOMMIT;/g;
+        FROM=$from perl -pe 'if ($ENV{FROM} > 0 && $. >= $ENV{FROM}) {
+            s/^SET tally\.reservation_timeout = (.*);$/ALTER ROLE postgres SET tally.reservation_timeout = $1;\n\\c\nSET client_min_messages = warning;/;
+            s/^RESET tally\.reservation_timeout;$/ALTER ROLE postgres RESET tally.reservation_timeout;\n\\c\nSET client_min_messages = warning;/ }' |
+        perl -0pe 's/SET tally\.enforce_limits = off;\n((?:INSERT|SELECT)[^\n]*)\nRESET tally\.enforce_limits;/BEGIN;\nSET LOCAL tally.enforce_limits = off;\n$1\nCOMMIT;/g;
                    s/SET session_replication_role = replica;\n(.*?)RESET session_replication_role;/BEGIN;\nSET LOCAL session_replication_role = replica;\n$1COMMIT;/gs' \
         > "$out/sql/$(basename "$f")"
 done

@@ -152,3 +152,73 @@ impl Drop for AllowNestedExecution {
         }
     }
 }
+
+/// The ProcessUtility hook that ran before tally's (Citus's, when it is preloaded
+/// first, or PostgreSQL's own).
+static mut PREVIOUS_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installs the check of `SET tally.…` below; called once, from _PG_init.
+pub(crate) fn guard_session_settings() {
+    // SAFETY: _PG_init runs once per backend before any statement; the previous hook
+    // is kept and called for every statement.
+    unsafe {
+        PREVIOUS_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// On a distributed tally, a plain `SET tally.<setting>` (or `SET … TO DEFAULT`)
+/// would change the setting on the coordinator only: Citus passes on `SET LOCAL`
+/// inside a transaction block (with `citus.propagate_set_commands = 'local'`) and
+/// role or database settings, not session ones. The triggers that read tally's
+/// settings run on the workers, so such a SET is refused instead of half applied.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::os::raw::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: pstmt is the statement PostgreSQL is about to run; a VariableSetStmt
+    // node is read only when its tag says so.
+    let refused = unsafe {
+        let statement = (*pstmt).utilityStmt;
+        if !statement.is_null() && (*statement).type_ == pg_sys::NodeTag::T_VariableSetStmt {
+            let set = statement as *mut pg_sys::VariableSetStmt;
+            let name = (*set).name;
+            let session_wide = !(*set).is_local
+                && matches!(
+                    (*set).kind,
+                    pg_sys::VariableSetKind::VAR_SET_VALUE | pg_sys::VariableSetKind::VAR_SET_DEFAULT
+                );
+            (session_wide && !name.is_null())
+                .then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+                // tally's own settings (a typo gets PostgreSQL's error), set by a
+                // role allowed to (others get PostgreSQL's 42501).
+                .filter(|name| matches!(name.as_str(), "tally.enforce_limits" | "tally.reservation_timeout"))
+                .filter(|_| pg_sys::superuser() && pg_sys::IsTransactionState() && distributed())
+        } else {
+            None
+        }
+    };
+    if let Some(name) = refused {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("SET {name} would reach only the coordinator: tally is distributed with Citus; use SET LOCAL inside a transaction block, or ALTER ROLE/DATABASE ... SET"),
+            "tally's triggers run on the workers, which see SET LOCAL inside a transaction block and role or database settings, not a session SET",
+        );
+    }
+    // SAFETY: the arguments PostgreSQL passed, handed on unchanged.
+    unsafe {
+        match PREVIOUS_UTILITY_HOOK {
+            Some(previous) => previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        }
+    }
+}

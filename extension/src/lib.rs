@@ -91,6 +91,7 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut()) };
     // Reserve the prefix so a typo such as tally.enforce_limit is an error, not a new setting.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
+    citus::guard_session_settings();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -36,7 +36,7 @@ SELECT p.oid::regprocedure AS executable_by_public
   FROM pg_proc p
  WHERE p.pronamespace = 'tally'::regnamespace
    AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 SET ROLE sec_analyst;
 CREATE TEMP TABLE stolen (user_id text);
 CREATE TRIGGER steal AFTER DELETE ON stolen REFERENCING OLD TABLE AS tally_old
