@@ -194,13 +194,19 @@ unsafe extern "C-unwind" fn process_utility(
             let session_wide = !(*set).is_local
                 && matches!(
                     (*set).kind,
-                    pg_sys::VariableSetKind::VAR_SET_VALUE | pg_sys::VariableSetKind::VAR_SET_DEFAULT
+                    pg_sys::VariableSetKind::VAR_SET_VALUE
+                        | pg_sys::VariableSetKind::VAR_SET_DEFAULT
                 );
             (session_wide && !name.is_null())
                 .then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
                 // tally's own settings (a typo gets PostgreSQL's error), set by a
                 // role allowed to (others get PostgreSQL's 42501).
-                .filter(|name| matches!(name.as_str(), "tally.enforce_limits" | "tally.reservation_timeout"))
+                .filter(|name| {
+                    matches!(
+                        name.as_str(),
+                        "tally.enforce_limits" | "tally.reservation_timeout"
+                    )
+                })
                 .filter(|_| pg_sys::superuser() && pg_sys::IsTransactionState() && distributed())
         } else {
             None
@@ -217,8 +223,188 @@ unsafe extern "C-unwind" fn process_utility(
     // SAFETY: the arguments PostgreSQL passed, handed on unchanged.
     unsafe {
         match PREVIOUS_UTILITY_HOOK {
-            Some(previous) => previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-            None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            Some(previous) => previous(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
         }
     }
+}
+
+/// In a trigger on a Citus shard, the names of the shards co-located with it (and of
+/// this node's copies of the reference tables): tally's statements there read and
+/// write those directly, as PostgreSQL tables, instead of through Citus, which would
+/// plan each one as a distributed query only to route it back to this node. They are
+/// the very rows Citus would route to; locks and triggers are the same.
+pub(crate) struct ShardTables {
+    /// (`tally.<table>`, the local shard's qualified name)
+    names: Vec<(&'static str, String)>,
+    /// Statements already rewritten, by the address of their text.
+    rewritten: RefCell<std::collections::HashMap<usize, std::rc::Rc<str>>>,
+}
+
+thread_local! {
+    /// Shard names by the relation a trigger fired on.
+    static SHARD_TABLES: RefCell<std::collections::HashMap<pg_sys::Oid, Option<std::rc::Rc<ShardTables>>>> =
+        RefCell::new(std::collections::HashMap::new());
+    /// The shard names of the trigger running now, if it runs on a shard.
+    static CURRENT: RefCell<Vec<Option<std::rc::Rc<ShardTables>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The tables tally's counting statements name.
+const COUNTED_TABLES: [(&str, bool); 6] = [
+    ("tally.subscriptions", false),
+    ("tally.learning_plans", false),
+    ("tally.sessions", false),
+    ("tally.usage", false),
+    ("tally.plans", true),
+    ("tally.session_kinds", true),
+];
+
+/// Statement text for the running trigger: `sql` itself, or with tally's tables
+/// replaced by the local shards when the trigger runs on a shard.
+pub(crate) enum LocalSql {
+    Static(&'static str),
+    Shard(std::rc::Rc<str>),
+}
+
+impl std::ops::Deref for LocalSql {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            LocalSql::Static(sql) => sql,
+            LocalSql::Shard(sql) => sql,
+        }
+    }
+}
+
+/// Marks the trigger call that holds it as running on `relation` until dropped.
+#[must_use]
+pub(crate) struct OnShard(());
+
+impl Drop for OnShard {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.borrow_mut().pop());
+    }
+}
+
+impl ShardTables {
+    /// Enters a trigger call on `relation` (tally's `table` or one of its shards).
+    pub(crate) fn enter(relation: pg_sys::Relation, table: &CStr) -> OnShard {
+        let tables = if on_shard(relation, table) {
+            // SAFETY: the trigger's relation is open for the whole call.
+            let (oid, relname) = unsafe {
+                (
+                    (*relation).rd_id,
+                    CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()),
+                )
+            };
+            SHARD_TABLES.with(|cache| {
+                if let Some(found) = cache.borrow().get(&oid) {
+                    return found.clone();
+                }
+                let found = shard_id_in_name(relname, table)
+                    .and_then(Self::lookup)
+                    .map(std::rc::Rc::new);
+                cache.borrow_mut().insert(oid, found.clone());
+                found
+            })
+        } else {
+            None
+        };
+        CURRENT.with(|current| current.borrow_mut().push(tables));
+        OnShard(())
+    }
+
+    /// The co-located shards of `shard_id` and the reference tables' copies, all on
+    /// this node; None when any is missing here (Citus then routes as usual).
+    fn lookup(shard_id: i64) -> Option<ShardTables> {
+        let (tables, reference): (Vec<&str>, Vec<bool>) = COUNTED_TABLES.iter().copied().unzip();
+        let found: std::collections::HashMap<String, String> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT t.name, pg_catalog.shard_name(s.logicalrelid, s.shardid)
+                       FROM unnest($1::text[], $2::bool[]) AS t(name, reference)
+                       JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid = pg_catalog.to_regclass(t.name)
+                       JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid
+                      WHERE p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+                        AND (t.reference OR s.shardminvalue =
+                             (SELECT shardminvalue FROM pg_catalog.pg_dist_shard WHERE shardid = $3))",
+                    None,
+                    &[tables.clone().into(), reference.into(), shard_id.into()],
+                )
+                .map(|rows| {
+                    rows.filter_map(|row| Some((row.get::<String>(1).ok()??, row.get::<String>(2).ok()??)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let names = tables
+            .into_iter()
+            .map(|table| found.get(table).map(|shard| (table, shard.clone())))
+            .collect::<Option<Vec<_>>>()?;
+        Some(ShardTables {
+            names,
+            rewritten: RefCell::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// `sql` for the running trigger (see LocalSql).
+    pub(crate) fn local(sql: &'static str) -> LocalSql {
+        let tables = CURRENT.with(|current| current.borrow().last().cloned().flatten());
+        let Some(tables) = tables else {
+            return LocalSql::Static(sql);
+        };
+        let key = sql.as_ptr() as usize;
+        if let Some(done) = tables.rewritten.borrow().get(&key) {
+            return LocalSql::Shard(done.clone());
+        }
+        let done: std::rc::Rc<str> = tables.rewrite(sql).into();
+        tables.rewritten.borrow_mut().insert(key, done.clone());
+        LocalSql::Shard(done)
+    }
+
+    /// Replaces each `tally.<table>` that names a whole word.
+    fn rewrite(&self, sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len() + 64);
+        let mut rest = sql;
+        'scan: while let Some(at) = rest.find("tally.") {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            for (table, shard) in &self.names {
+                if let Some(after) = tail.strip_prefix(table) {
+                    if !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                        out.push_str(shard);
+                        rest = after;
+                        continue 'scan;
+                    }
+                }
+            }
+            out.push_str("tally.");
+            rest = &tail["tally.".len()..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Forgets which trigger runs (a transaction or subtransaction aborted inside one).
+pub(crate) fn reset() {
+    CURRENT.with(|current| current.borrow_mut().clear());
 }

@@ -22,6 +22,7 @@ use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgTrigger};
 
 use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, UPDATE};
+use crate::citus::ShardTables;
 use crate::counted::{command_id, remember, Counted};
 use crate::counter::Counter;
 use crate::errors::{entry, TallyResult};
@@ -185,6 +186,7 @@ fn rows_in(table: *mut pg_sys::Tuplestorestate) -> i64 {
 fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     let _owner = AsExtensionOwner::for_trigger(trigger);
+    let _shard = ShardTables::enter(trigger.trigger_data().tg_relation, c"sessions");
     remember(None);
     let single = rows_in(trigger.trigger_data().tg_newtable) == 1;
     Spi::connect_mut(|client| {
@@ -601,6 +603,7 @@ fn apply_delta(
 ) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     let _owner = AsExtensionOwner::for_trigger(trigger);
+    let _shard = ShardTables::enter(trigger.trigger_data().tg_relation, c"sessions");
     remember(None);
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);

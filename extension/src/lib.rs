@@ -63,6 +63,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
         || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
     {
         internal::reset();
+        citus::reset();
     }
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
     {

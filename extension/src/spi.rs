@@ -11,28 +11,34 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::{pg_sys, PgOid, PgTrigger};
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<Box<str>, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `sql` through a plan prepared once per backend. The plan cache re-plans by
-/// itself when the tables change.
+/// itself when the tables change. In a trigger on a Citus shard, `sql` names the
+/// co-located shards instead of tally's tables (crate::citus::ShardTables).
 pub(crate) fn run_cached<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> SpiTupleTable<'conn> {
-    let cached = PLANS.with(|plans| plans.borrow().get(sql).cloned());
+    let sql = crate::citus::ShardTables::local(sql);
+    let cached = PLANS.with(|plans| plans.borrow().get(&*sql).cloned());
     let plan = match cached {
         Some(plan) => plan,
         None => {
             let plan = Rc::new(
                 client
-                    .prepare_mut(sql, types)
+                    .prepare_mut(&*sql, types)
                     .unwrap_or_else(|e| panic!("tally: cannot prepare query: {e}"))
                     .keep(),
             );
-            PLANS.with(|plans| plans.borrow_mut().insert(sql, Rc::clone(&plan)));
+            PLANS.with(|plans| {
+                plans
+                    .borrow_mut()
+                    .insert(Box::from(&*sql), Rc::clone(&plan))
+            });
             plan
         }
     };
