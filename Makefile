@@ -139,7 +139,9 @@ setup-citus: setup
 # distribution of a filled database and the end-to-end tests, all through the
 # coordinator. The nodes preload the library, so they restart after every install.
 # The end-to-end tests that hold on Citus too (the others manage clusters of their own,
-# or pg_dump, which a distributed tally is not backed up with).
+# or pg_dump, which a distributed tally is not backed up with). The randomized
+# invariant test runs 100 operations per connection there (250 on one node): each
+# is slower, and its distributed deadlocks wait for Citus's detection.
 CITUS_E2E := invariant limits api bad_input hostile security
 CITUS_REGRESS := motivating_case write_paths rules periods limits repair grants record_session security
 test-citus: install setup-citus
@@ -150,7 +152,7 @@ test-citus: install setup-citus
 	tests/citus_race.sh $(CITUS_PORT) && \
 	tests/citus_inplace.sh $(CITUS_PORT) && \
 	cargo build -q -p tally-api && \
-	TALLY_TEST_ADMIN_URL=postgres://postgres@127.0.0.1:$(CITUS_PORT)/postgres TALLY_TEST_CITUS_PORT=$(CITUS_PORT) \
+	TALLY_SOAK_OPS=100 TALLY_TEST_ADMIN_URL=postgres://postgres@127.0.0.1:$(CITUS_PORT)/postgres TALLY_TEST_CITUS_PORT=$(CITUS_PORT) \
 	    cargo test -p tally-e2e --no-fail-fast $(foreach t,$(CITUS_E2E),--test $(t)) -- --test-threads=1 --skip database_down_then_up
 
 # The API's own tests: routing, auth and error mapping, no database needed.

@@ -22,6 +22,7 @@ start)
             "citus.enable_unsafe_triggers = on" \
             "citus.propagate_set_commands = 'local'" \
             "max_prepared_transactions = 200" "max_worker_processes = 64" \
+            "deadlock_timeout = '100ms'" \
             "fsync = off" "synchronous_commit = off" "full_page_writes = off"
         i=$((i + 1))
     done

@@ -12,6 +12,8 @@ url="postgres://postgres@127.0.0.1:$port/$db"
 fail() { echo "citus in-place: $*" >&2; exit 1; }
 q() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
 tests/citus_db.sh "$port" "$db"
+# The fill's role, left by an earlier run (roles belong to the whole cluster).
+q "DROP ROLE IF EXISTS up_writer" >/dev/null
 q "CREATE EXTENSION tally" >/dev/null
 PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 "$url" -f tests/upgrade/fill.sql >/dev/null
 verify_rows="SELECT object || ' ' || id || ' ' || coalesce(period_start::text, '-') || ' ' || counter || ' ' || stored || ' ' || actual FROM tally.verify() ORDER BY 1"

@@ -35,3 +35,21 @@ drift=$(count "SELECT count(*) FROM tally.verify()")
 [ "$refused" = 350 ] || fail "$refused inserts refused with TL001, not 350"
 [ "$drift" = 0 ] || fail "tally.verify() reports $drift counters"
 echo "citus race: 400 inserts from 8 connections at a limit of 50: 50 committed, 350 refused, counter 50, no drift"
+
+# Limits off for an import reach the workers with SET LOCAL in a transaction; a plain
+# SET would stay on the coordinator, and is refused.
+refusal=$(psql -X -q -At "$url" -c "SET tally.enforce_limits = off" 2>&1 || true)
+case "$refusal" in
+    *"would reach only the coordinator"*) ;;
+    *) fail "a plain SET of tally.enforce_limits was not refused: $refusal" ;;
+esac
+psql -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null <<'SQL'
+BEGIN;
+SET LOCAL tally.enforce_limits = off;
+INSERT INTO tally.sessions (user_id, kind) SELECT 'racer', 'practice' FROM generate_series(1, 5);
+COMMIT;
+SQL
+[ "$(count "SELECT sum(practice_sessions_used) FROM tally.usage WHERE user_id = 'racer'")" = 55 ] \
+    || fail "an import with SET LOCAL tally.enforce_limits = off did not count 5 past the limit"
+[ "$(count "SELECT count(*) FROM tally.verify()")" = 0 ] || fail "drift after the import"
+echo "citus race: a plain SET of tally.enforce_limits is refused; SET LOCAL imports past the limit, counted"

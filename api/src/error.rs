@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use tokio_postgres::error::SqlState;
 use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +137,8 @@ impl ApiError {
 
     /// True for failures worth retrying the whole transaction for.
     pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
-        matches!(error.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+        // Read through sqlstate(): Citus rewraps a worker's deadlock as XX000.
+        matches!(error.as_db_error().map(sqlstate), Some("40001" | "40P01"))
     }
 }
 
@@ -287,6 +287,8 @@ const TALLY_MESSAGES: &[(&str, &str)] = &[
     (" violates check constraint ", "23514"),
     ("duplicate key value violates unique constraint ", "23505"),
     (" violates not-null constraint", "23502"),
+    ("deadlock detected", "40P01"),
+    ("could not serialize access due to ", "40001"),
 ];
 
 /// The SQLSTATE a database error stands for: its own, or, for an `XX000` that is

@@ -167,12 +167,25 @@ pub(crate) fn guard_session_settings() {
     }
 }
 
-/// On a distributed tally, a plain `SET tally.<setting>` (or `SET … TO DEFAULT`)
-/// would change the setting on the coordinator only: Citus passes on `SET LOCAL`
-/// inside a transaction block (with `citus.propagate_set_commands = 'local'`) and
-/// role or database settings, not session ones. The triggers that read tally's
-/// settings run on the workers, so such a SET is refused instead of half applied.
-#[pg_guard]
+// Declared here so that the call is not wrapped in pgrx's guard: an error raised
+// below this hook (a trigger's own SQLSTATE, say) must reach PostgreSQL as it is.
+unsafe extern "C-unwind" {
+    #[link_name = "standard_ProcessUtility"]
+    fn raw_standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::os::raw::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// tally's ProcessUtility hook: the check below, then the statement as usual. It
+/// holds no value that needs dropping while the statement runs, so an error raised
+/// there passes through it untouched.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -184,8 +197,43 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: pstmt is the statement PostgreSQL is about to run; a VariableSetStmt
-    // node is read only when its tag says so.
+    // SAFETY: pstmt is the statement PostgreSQL is about to run.
+    unsafe { refuse_session_set(pstmt) };
+    // SAFETY: the arguments PostgreSQL passed, handed on unchanged.
+    unsafe {
+        match PREVIOUS_UTILITY_HOOK {
+            Some(previous) => previous(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => raw_standard_process_utility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// On a distributed tally, a plain `SET tally.<setting>` (or `SET … TO DEFAULT`)
+/// would change the setting on the coordinator only: Citus passes on `SET LOCAL`
+/// inside a transaction block (with `citus.propagate_set_commands = 'local'`) and
+/// role or database settings, not session ones. The triggers that read tally's
+/// settings run on the workers, so such a SET is refused instead of half applied.
+#[pg_guard]
+unsafe extern "C-unwind" fn refuse_session_set(pstmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: a VariableSetStmt node is read only when its tag says so.
     let refused = unsafe {
         let statement = (*pstmt).utilityStmt;
         if !statement.is_null() && (*statement).type_ == pg_sys::NodeTag::T_VariableSetStmt {
@@ -220,31 +268,6 @@ unsafe extern "C-unwind" fn process_utility(
             "tally's triggers run on the workers, which see SET LOCAL inside a transaction block and role or database settings, not a session SET",
         );
     }
-    // SAFETY: the arguments PostgreSQL passed, handed on unchanged.
-    unsafe {
-        match PREVIOUS_UTILITY_HOOK {
-            Some(previous) => previous(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
-    }
 }
 
 /// In a trigger on a Citus shard, the names of the shards co-located with it (and of
@@ -263,8 +286,10 @@ thread_local! {
     /// Shard names by the relation a trigger fired on.
     static SHARD_TABLES: RefCell<std::collections::HashMap<pg_sys::Oid, Option<std::rc::Rc<ShardTables>>>> =
         RefCell::new(std::collections::HashMap::new());
-    /// The shard names of the trigger running now, if it runs on a shard.
-    static CURRENT: RefCell<Vec<Option<std::rc::Rc<ShardTables>>>> = const { RefCell::new(Vec::new()) };
+    /// The trigger calls running now: whether each runs on a shard, and the shard
+    /// names it uses there (None: on tally's tables, or a shard whose co-located
+    /// shards are not all here).
+    static CURRENT: RefCell<Vec<(bool, Option<std::rc::Rc<ShardTables>>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The tables tally's counting statements name.
@@ -307,7 +332,8 @@ impl Drop for OnShard {
 impl ShardTables {
     /// Enters a trigger call on `relation` (tally's `table` or one of its shards).
     pub(crate) fn enter(relation: pg_sys::Relation, table: &CStr) -> OnShard {
-        let tables = if on_shard(relation, table) {
+        let shard = on_shard(relation, table);
+        let tables = if shard {
             // SAFETY: the trigger's relation is open for the whole call.
             let (oid, relname) = unsafe {
                 (
@@ -328,8 +354,20 @@ impl ShardTables {
         } else {
             None
         };
-        CURRENT.with(|current| current.borrow_mut().push(tables));
+        CURRENT.with(|current| current.borrow_mut().push((shard, tables)));
         OnShard(())
+    }
+
+    /// Whether the running trigger reaches all of tally's tables as PostgreSQL
+    /// tables of this node (one node, or a shard whose co-located shards are named
+    /// here), so that one query may join them with a transition table.
+    pub(crate) fn all_local() -> bool {
+        CURRENT.with(|current| {
+            current
+                .borrow()
+                .last()
+                .is_none_or(|(shard, tables)| !shard || tables.is_some())
+        })
     }
 
     /// The co-located shards of `shard_id` and the reference tables' copies, all on
@@ -367,7 +405,7 @@ impl ShardTables {
 
     /// `sql` for the running trigger (see LocalSql).
     pub(crate) fn local(sql: &'static str) -> LocalSql {
-        let tables = CURRENT.with(|current| current.borrow().last().cloned().flatten());
+        let tables = CURRENT.with(|current| current.borrow().last().and_then(|(_, t)| t.clone()));
         let Some(tables) = tables else {
             return LocalSql::Static(sql);
         };

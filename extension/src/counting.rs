@@ -27,7 +27,7 @@ use crate::counted::{command_id, remember, Counted};
 use crate::counter::Counter;
 use crate::errors::{entry, TallyResult};
 use crate::internal::InternalWrite;
-use crate::limits::{check_limits, LimitCheck};
+use crate::limits::{check_limits, IndexOnlyPlanning, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
 use crate::spi::{
@@ -122,7 +122,9 @@ const INSERTED: Changes = changes!(insert_changed!());
 const UPDATED: Changes = changes!(update_changed!());
 const DELETED: Changes = changes!(delete_changed!());
 
-/// The single changed row of a statement, read on its own.
+/// The single changed row of a statement: read on its own (then its subscription by
+/// SUBSCRIPTION_SQL), or, where tally's tables are local tables, with its
+/// subscription and kind in the same query.
 macro_rules! one_row_sql {
     ($table:literal) => {
         concat!(
@@ -132,9 +134,37 @@ macro_rules! one_row_sql {
             $table
         )
     };
+    ($table:literal, joined) => {
+        concat!(
+            "SELECT r.user_id, r.kind, r.status, r.started_at, r.learning_plan_id, r.session_id,
+                    r.status = 'started' AND r.started_at <= now() - tally.reservation_timeout(),
+                    s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id, k.counter
+               FROM ",
+            $table,
+            " r
+               JOIN tally.session_kinds k ON k.kind = r.kind
+               JOIN tally.subscriptions s ON s.user_id = r.user_id
+               JOIN tally.plans p ON p.plan_id = s.plan_id"
+        )
+    };
 }
-const NEW_ROW_SQL: &str = one_row_sql!("tally_new");
-const OLD_ROW_SQL: &str = one_row_sql!("tally_old");
+
+/// The transition table a single-row path reads.
+#[derive(Clone, Copy)]
+enum Transition {
+    New,
+    Old,
+}
+
+impl Transition {
+    /// The row alone, and the row joined with its subscription and kind.
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Transition::New => (one_row_sql!("tally_new"), one_row_sql!("tally_new", joined)),
+            Transition::Old => (one_row_sql!("tally_old"), one_row_sql!("tally_old", joined)),
+        }
+    }
+}
 
 /// What counting needs of a user's subscription and of a session kind, routed by
 /// user_id (plans and session_kinds are reference tables on Citus).
@@ -187,12 +217,13 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     let _owner = AsExtensionOwner::for_trigger(trigger);
     let _shard = ShardTables::enter(trigger.trigger_data().tg_relation, c"sessions");
+    let _planning = IndexOnlyPlanning::begin(ShardTables::all_local());
     remember(None);
     let single = rows_in(trigger.trigger_data().tg_newtable) == 1;
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
         if single {
-            let row = one_row(client, NEW_ROW_SQL);
+            let row = one_row(client, Transition::New);
             let applied = apply_one(client, None, row.as_ref());
             let in_progress = check_limits(client, &applied.checks)?;
             if let (Some(facts), Some(usage)) = (row, applied.usage) {
@@ -474,8 +505,28 @@ impl RowFacts {
 
 /// The one row of a transition table, then its subscription and kind. None when the
 /// subscription is gone (the row is being deleted by its cascade).
-fn one_row(client: &mut SpiClient<'_>, sql: &'static str) -> Option<RowFacts> {
-    let row = run_cached(client, sql, &[], &[]).next()?;
+fn one_row(client: &mut SpiClient<'_>, transition: Transition) -> Option<RowFacts> {
+    let (alone, joined) = transition.sql();
+    if ShardTables::all_local() {
+        // One query: tally's tables are this node's own (one node, or the shards
+        // co-located with the one the trigger fired on).
+        let row = run_cached(client, joined, &[], &[]).next()?;
+        return Some(RowFacts {
+            user_id: get(&row, 1),
+            status: get(&row, 3),
+            started_at: get(&row, 4),
+            learning_plan_id: get_nullable(&row, 5),
+            session_id: get(&row, 6),
+            expired: get(&row, 7),
+            anchor: get(&row, 8),
+            period: get(&row, 9),
+            practice_limit: get_nullable(&row, 10),
+            assessments_limit: get_nullable(&row, 11),
+            plan_id: get(&row, 12),
+            counter: Counter::from_sql(&get::<String>(&row, 13)),
+        });
+    }
+    let row = run_cached(client, alone, &[], &[]).next()?;
     let (user_id, kind): (String, String) = (get(&row, 1), get(&row, 2));
     let status: String = get(&row, 3);
     let started_at = get(&row, 4);
@@ -604,13 +655,14 @@ fn apply_delta(
     let _internal = InternalWrite::begin();
     let _owner = AsExtensionOwner::for_trigger(trigger);
     let _shard = ShardTables::enter(trigger.trigger_data().tg_relation, c"sessions");
+    let _planning = IndexOnlyPlanning::begin(ShardTables::all_local());
     remember(None);
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
         let checks = match single {
             Some((has_old, has_new)) => {
-                let old = has_old.then(|| one_row(client, OLD_ROW_SQL)).flatten();
-                let new = has_new.then(|| one_row(client, NEW_ROW_SQL)).flatten();
+                let old = has_old.then(|| one_row(client, Transition::Old)).flatten();
+                let new = has_new.then(|| one_row(client, Transition::New)).flatten();
                 apply_one(client, old.as_ref(), new.as_ref()).checks
             }
             None => apply_many(client, changes),

@@ -59,7 +59,7 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
     let counted = take_counted(session_id).filter(|c| c.user_id == user_id && covers_document(c));
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made.
-    let _planning = IndexOnlyPlanning::begin();
+    let _planning = IndexOnlyPlanning::begin(false);
     Spi::connect_mut(|client| match counted {
         Some(counted) => {
             let view = document_view();

@@ -2,6 +2,8 @@
 //! it added metered sessions to is checked against the plan's limit, reservations
 //! of started sessions included, and the statement is refused whole with TL001.
 
+use std::ffi::CStr;
+
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -43,28 +45,44 @@ pub(crate) struct LimitCheck {
     pub unheld: i32,
 }
 
-/// `enable_seqscan = off` while alive, undone at drop (or by PostgreSQL at abort).
+/// How tally's own statements are planned while alive, undone at drop (or by
+/// PostgreSQL at abort): `enable_seqscan = off`, and with `generic`,
+/// `plan_cache_mode = force_generic_plan`.
 ///
-/// The reservation count is a lookup in a partial index. Its plan is cached for the
-/// life of the connection, and a plan made while tally.sessions is empty (a fresh
-/// install, a test) would otherwise be a sequential scan kept as the table grows.
+/// They are key lookups in indexes, their plans cached for the life of the
+/// connection. A plan made while the tables are empty (a fresh install, a test) would
+/// otherwise be a sequential scan kept as they grow. And the plan cache would
+/// otherwise weigh a custom plan against the generic one at every execution, and plan
+/// each execution anew whenever it prefers custom; `generic` is only for statements
+/// on PostgreSQL tables of this node (Citus plans a distributed query from the
+/// parameters' values).
 pub(crate) struct IndexOnlyPlanning(std::os::raw::c_int);
 
 impl IndexOnlyPlanning {
-    pub(crate) fn begin() -> Self {
-        // SAFETY: a local GUC change inside a nest level, as a function's SET clause does.
+    pub(crate) fn begin(generic: bool) -> Self {
+        let settings: &[(&CStr, &CStr)] = if generic {
+            &[
+                (c"enable_seqscan", c"off"),
+                (c"plan_cache_mode", c"force_generic_plan"),
+            ]
+        } else {
+            &[(c"enable_seqscan", c"off")]
+        };
+        // SAFETY: local GUC changes inside a nest level, as a function's SET clause does.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"enable_seqscan".as_ptr(),
-                c"off".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
+            for (name, value) in settings {
+                pg_sys::set_config_option(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
             IndexOnlyPlanning(level)
         }
     }
@@ -84,7 +102,6 @@ pub(crate) fn check_limits(
     client: &mut SpiClient<'_>,
     checks: &[LimitCheck],
 ) -> TallyResult<Option<(i32, i32)>> {
-    let _planning = (!checks.is_empty()).then(IndexOnlyPlanning::begin);
     let mut both = None;
     // One routed count per check: on Citus each reads one user's shard.
     let mut in_progress = Vec::with_capacity(checks.len());

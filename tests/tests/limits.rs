@@ -74,8 +74,8 @@ async fn racer_database(name: &str) -> String {
     connect(&url)
         .await
         .batch_execute(&format!(
-            "SET tally.reservation_timeout = '100 years';
-             ALTER DATABASE {name} SET tally.reservation_timeout = '100 years';
+            // For the racers' connections (a session SET would not reach Citus's workers).
+            "ALTER DATABASE {name} SET tally.reservation_timeout = '100 years';
              INSERT INTO tally.plans (plan_id, display_name, practice_sessions_limit) VALUES ('fifty', 'Fifty', {LIMIT});
              INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES ('racer', 'fifty', '2026-01-01 00:00+00');"
         ))
