@@ -27,6 +27,7 @@ use crate::counted::{command_id, remember, Counted};
 use crate::counter::Counter;
 use crate::errors::{entry, TallyResult};
 use crate::internal::InternalWrite;
+use crate::keyed;
 use crate::limits::{check_limits, IndexOnlyPlanning, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
@@ -223,7 +224,7 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
         if single {
-            let row = one_row(client, Transition::New);
+            let row = one_row(client, trigger.trigger_data(), Transition::New);
             let applied = apply_one(client, None, row.as_ref());
             let in_progress = check_limits(client, &applied.checks)?;
             if let (Some(facts), Some(usage)) = (row, applied.usage) {
@@ -505,7 +506,37 @@ impl RowFacts {
 
 /// The one row of a transition table, then its subscription and kind. None when the
 /// subscription is gone (the row is being deleted by its cascade).
-fn one_row(client: &mut SpiClient<'_>, transition: Transition) -> Option<RowFacts> {
+fn one_row(
+    client: &mut SpiClient<'_>,
+    data: &pg_sys::TriggerData,
+    transition: Transition,
+) -> Option<RowFacts> {
+    let table = match transition {
+        Transition::New => data.tg_newtable,
+        Transition::Old => data.tg_oldtable,
+    };
+    if let Some(reads) = keyed::Tables::here() {
+        // Read by key, without the executor (crate::keyed).
+        let row = keyed::transition_row(data.tg_relation, table)?;
+        if let Some(found) = reads.subscription(&row.user_id, &row.kind) {
+            let s = found?;
+            let expired = row.status == "started" && row.started_at <= keyed::reservation_cutoff();
+            return Some(RowFacts {
+                user_id: row.user_id,
+                status: row.status,
+                started_at: row.started_at,
+                learning_plan_id: row.learning_plan_id,
+                counter: s.counter,
+                anchor: s.anchor,
+                period: s.period,
+                practice_limit: s.practice_limit,
+                assessments_limit: s.assessments_limit,
+                session_id: row.session_id,
+                plan_id: s.plan_id,
+                expired,
+            });
+        }
+    }
     let (alone, joined) = transition.sql();
     if ShardTables::all_local() {
         // One query: tally's tables are this node's own (one node, or the shards
@@ -661,8 +692,13 @@ fn apply_delta(
         register_transition_tables(trigger);
         let checks = match single {
             Some((has_old, has_new)) => {
-                let old = has_old.then(|| one_row(client, Transition::Old)).flatten();
-                let new = has_new.then(|| one_row(client, Transition::New)).flatten();
+                let data = trigger.trigger_data();
+                let old = has_old
+                    .then(|| one_row(client, data, Transition::Old))
+                    .flatten();
+                let new = has_new
+                    .then(|| one_row(client, data, Transition::New))
+                    .flatten();
                 apply_one(client, old.as_ref(), new.as_ref()).checks
             }
             None => apply_many(client, changes),

@@ -14,6 +14,7 @@ mod document;
 mod errors;
 mod guards;
 mod internal;
+mod keyed;
 mod limits;
 mod period;
 mod privilege;

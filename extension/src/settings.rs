@@ -74,10 +74,26 @@ unsafe extern "C-unwind" fn check_reservation_timeout(
 /// a value is always the checked one, whether or not the library is preloaded).
 #[pg_extern(stable, parallel_safe)]
 pub fn reservation_timeout() -> Interval {
-    RESERVATION_TIMEOUT
-        .get()
-        .and_then(|text| parse_interval(&text))
-        .unwrap_or_else(|| parse_interval(c"2 hours").expect("2 hours is an interval"))
+    thread_local! {
+        /// The setting's text and its value, as last parsed.
+        static PARSED: std::cell::RefCell<Option<(Option<CString>, Interval)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let text = RESERVATION_TIMEOUT.get();
+    if let Some(value) = PARSED.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|(t, _)| *t == text)
+            .map(|(_, v)| *v)
+    }) {
+        return value;
+    }
+    let value = text
+        .as_deref()
+        .and_then(parse_interval)
+        .unwrap_or_else(|| parse_interval(c"2 hours").expect("2 hours is an interval"));
+    PARSED.with(|p| *p.borrow_mut() = Some((text, value)));
+    value
 }
 
 pub fn enforce_limits() -> bool {

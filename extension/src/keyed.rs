@@ -1,0 +1,546 @@
+//! Reads by key, without the executor: the single changed row of a statement out of
+//! its transition table, a user's subscription and plan, a kind's counter, and the
+//! reservations in one (user, period).
+//!
+//! These are the reads of the single-row counting path (the API's and every ORM's).
+//! Through SPI each is a statement whose executor start-up costs more than the index
+//! lookup it runs; here they are index scans through PostgreSQL's access methods,
+//! with what SPI would have given them:
+//! - the snapshot of a new statement (`StatementSnapshot`: the command counter
+//!   advanced, then a fresh snapshot in READ COMMITTED, the transaction's otherwise),
+//!   so the reservation count, taken after the usage row lock, sees every session
+//!   committed before the lock was granted;
+//! - AccessShareLock on each table and index, held to the end of the transaction;
+//! - in SERIALIZABLE transactions, the predicate locks, which the access methods take.
+//!
+//! They read tally's tables on this node: one node, or in a trigger on a Citus shard
+//! the co-located shards (crate::citus::ShardTables). Anywhere else `Tables::open`
+//! returns None and counting runs its SPI statements instead.
+
+use std::ffi::CStr;
+
+use pgrx::datum::FromDatum;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::citus::ShardTables;
+use crate::counter::Counter;
+
+/// A snapshot as a new SPI statement takes it, registered until dropped.
+pub(crate) struct StatementSnapshot(pg_sys::Snapshot);
+
+impl StatementSnapshot {
+    pub(crate) fn take() -> Self {
+        // SAFETY: what SPI does before a statement that may see earlier writes of this
+        // transaction: advance the command counter, take the transaction snapshot
+        // (fresh in READ COMMITTED) and keep a registered copy of it.
+        unsafe {
+            pg_sys::CommandCounterIncrement();
+            StatementSnapshot(pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()))
+        }
+    }
+}
+
+impl Drop for StatementSnapshot {
+    fn drop(&mut self) {
+        // SAFETY: registered in take(); at abort the resource owner releases it instead.
+        unsafe { pg_sys::UnregisterSnapshot(self.0) };
+    }
+}
+
+/// A table opened under AccessShareLock (kept to the end of the transaction), with
+/// the indexes tally reads it through.
+struct Table {
+    relation: pg_sys::Relation,
+    found: Resolved,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: opened in Table::open; the lock stays, as the executor's would.
+        unsafe { pg_sys::relation_close(self.relation, pg_sys::NoLock as _) };
+    }
+}
+
+/// A table of tally's as found by name, and its indexes.
+#[derive(Clone, Copy)]
+struct Resolved {
+    table: pg_sys::Oid,
+    primary_key: Option<pg_sys::Oid>,
+    reservations: Option<pg_sys::Oid>,
+}
+
+thread_local! {
+    /// Tables found by (local) name, kept until any relcache invalidation: a table
+    /// or index dropped, renamed or re-created sends one, and it is processed when
+    /// the table is next locked, before the kept OIDs are used.
+    static RESOLVED: std::cell::RefCell<std::collections::HashMap<String, Resolved>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_resolved(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
+    RESOLVED.with(|resolved| resolved.borrow_mut().clear());
+}
+
+fn resolved(name: &str) -> Option<Resolved> {
+    RESOLVED.with(|resolved| resolved.borrow().get(name).copied())
+}
+
+/// An index key: the table's column, a btree strategy, the comparison function and
+/// the value.
+struct Key {
+    column: pg_sys::AttrNumber,
+    strategy: u32,
+    function: u32,
+    value: pg_sys::Datum,
+}
+
+impl Table {
+    /// `tally.<table>`, or its co-located shard in a trigger on a Citus shard.
+    fn open(name: &'static str) -> Option<Table> {
+        let local = ShardTables::local(name);
+        if let Some(found) = resolved(&local) {
+            // SAFETY: locking processes pending invalidations; the OID is used only if
+            // none of them emptied the cache (see RESOLVED).
+            unsafe { pg_sys::LockRelationOid(found.table, pg_sys::AccessShareLock as _) };
+            if resolved(&local).is_some_and(|again| again.table == found.table) {
+                // SAFETY: locked above, and still the table of that name.
+                let relation = unsafe { pg_sys::relation_open(found.table, pg_sys::NoLock as _) };
+                return Some(Table { relation, found });
+            }
+        }
+        let table = Self::find(&local)?;
+        if !WATCHING.with(|w| w.replace(true)) {
+            // SAFETY: registers a callback that only empties a cache.
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(Some(forget_resolved), pg_sys::Datum::from(0))
+            };
+        }
+        RESOLVED.with(|resolved| resolved.borrow_mut().insert(local.to_string(), table.found));
+        Some(table)
+    }
+
+    /// Looks the table up by name, and its indexes.
+    fn find(local: &str) -> Option<Table> {
+        let (schema, relname) = local.split_once('.')?;
+        if relname.contains('"') || schema.contains('"') {
+            return None;
+        }
+        let schema = std::ffi::CString::new(schema).ok()?;
+        let relname = std::ffi::CString::new(relname).ok()?;
+        // SAFETY: a name lookup that locks what it finds (and rechecks the name after
+        // the lock, as every statement does); missing_ok, so an absent table is None.
+        unsafe {
+            let range = pg_sys::makeRangeVar(schema.into_raw(), relname.into_raw(), -1);
+            let oid = pg_sys::RangeVarGetRelidExtended(
+                range,
+                pg_sys::AccessShareLock as _,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            );
+            if oid == pg_sys::Oid::INVALID {
+                return None;
+            }
+            let relation = pg_sys::relation_open(oid, pg_sys::NoLock as _);
+            let mut table = Table {
+                relation,
+                found: Resolved {
+                    table: oid,
+                    primary_key: None,
+                    reservations: None,
+                },
+            };
+            table.found.primary_key = table.primary_key_index();
+            table.found.reservations = table.index_named("sessions_reservations_idx");
+            Some(table)
+        }
+    }
+
+    /// The attribute number of a column.
+    fn column(&self, name: &str) -> pg_sys::AttrNumber {
+        column_of(self.relation, name)
+    }
+
+    /// The table's primary key index.
+    fn primary_key_index(&self) -> Option<pg_sys::Oid> {
+        // SAFETY: the relation is open; the index list is cached in its relcache entry.
+        let oid = unsafe {
+            pg_sys::list_free(pg_sys::RelationGetIndexList(self.relation));
+            pg_sys::RelationGetPrimaryKeyIndex(self.relation)
+        };
+        (oid != pg_sys::Oid::INVALID).then_some(oid)
+    }
+
+    /// The index called `name` (on a shard, `name_<shard id>`).
+    fn index_named(&self, name: &str) -> Option<pg_sys::Oid> {
+        // SAFETY: the relation is open; the list and the names are read, not kept.
+        unsafe {
+            let list = pg_sys::RelationGetIndexList(self.relation);
+            let found = (0..list.as_ref()?.length)
+                .map(|i| pg_sys::list_nth_oid(list, i))
+                .find(|&index| {
+                    let relname = pg_sys::get_rel_name(index);
+                    !relname.is_null()
+                        && CStr::from_ptr(relname).to_str().is_ok_and(|n| {
+                            n == name
+                                || n.strip_prefix(name)
+                                    .and_then(|rest| rest.strip_prefix('_'))
+                                    .is_some_and(|id| {
+                                        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+                                    })
+                        })
+                });
+            pg_sys::list_free(list);
+            found
+        }
+    }
+
+    /// Calls `each` with every row found through `index` by `keys` and visible to
+    /// `snapshot`, until it returns false.
+    fn scan(
+        &self,
+        index: pg_sys::Oid,
+        keys: &[Key],
+        snapshot: &StatementSnapshot,
+        mut each: impl FnMut(&Slot) -> bool,
+    ) {
+        // SAFETY: an index scan as the executor runs one: the index opened under
+        // AccessShareLock, keys on its columns with its collations, a slot of the
+        // table's own kind, all released at the end (or by the resource owner and the
+        // memory context at abort).
+        unsafe {
+            let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
+            let form = (*index).rd_index;
+            let columns = (*form).indkey.values.as_slice((*form).indnkeyatts as usize);
+            let collations =
+                std::slice::from_raw_parts((*index).rd_indcollation, (*form).indnkeyatts as usize);
+            let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
+                .iter()
+                .map(|key| {
+                    let position = columns
+                        .iter()
+                        .position(|&c| c == key.column)
+                        .expect("tally: a key column is in its index");
+                    let mut scankey = std::mem::zeroed::<pg_sys::ScanKeyData>();
+                    pg_sys::ScanKeyEntryInitialize(
+                        &mut scankey,
+                        0,
+                        (position + 1) as pg_sys::AttrNumber,
+                        key.strategy as pg_sys::StrategyNumber,
+                        pg_sys::Oid::INVALID,
+                        collations[position],
+                        pg_sys::Oid::from(key.function),
+                        key.value,
+                    );
+                    scankey
+                })
+                .collect();
+            let slot = pg_sys::table_slot_create(self.relation, std::ptr::null_mut());
+            let scan =
+                pg_sys::index_beginscan(self.relation, index, snapshot.0, keys.len() as _, 0);
+            pg_sys::index_rescan(
+                scan,
+                scankeys.as_mut_ptr(),
+                keys.len() as _,
+                std::ptr::null_mut(),
+                0,
+            );
+            while pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::ForwardScanDirection,
+                slot,
+            ) {
+                if !each(&Slot(slot)) {
+                    break;
+                }
+            }
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::index_close(index, pg_sys::NoLock as _);
+        }
+    }
+
+    /// The first row whose primary key equals `value` (a one-column text key).
+    fn by_text_key(
+        &self,
+        column: &str,
+        value: &str,
+        snapshot: &StatementSnapshot,
+        mut read: impl FnMut(&Slot),
+    ) -> Option<()> {
+        let index = self.found.primary_key?;
+        let mut found = None;
+        let keys = [Key {
+            column: self.column(column),
+            strategy: pg_sys::BTEqualStrategyNumber,
+            function: pg_sys::F_TEXTEQ,
+            value: value.into_datum()?,
+        }];
+        self.scan(index, &keys, snapshot, |slot| {
+            read(slot);
+            found = Some(());
+            false
+        });
+        found
+    }
+}
+
+/// The attribute number of column `name` of `relation`.
+fn column_of(relation: pg_sys::Relation, name: &str) -> pg_sys::AttrNumber {
+    // SAFETY: the relation is open; its tuple descriptor is read, not kept.
+    unsafe {
+        let desc = (*relation).rd_att;
+        (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .position(|a| {
+                !a.attisdropped
+                    && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+            })
+            .map(|i| (i + 1) as pg_sys::AttrNumber)
+            .unwrap_or_else(|| panic!("tally: no column {name}"))
+    }
+}
+
+/// A row in a slot.
+pub(crate) struct Slot(*mut pg_sys::TupleTableSlot);
+
+impl Slot {
+    /// Column `column` (an attribute number), converted to `T`.
+    fn get<T: FromDatum>(&self, column: pg_sys::AttrNumber) -> Option<T> {
+        // SAFETY: the slot holds a row of the relation the column number came from;
+        // its values are deformed up to the column, then copied out by from_datum.
+        unsafe {
+            let slot = self.0;
+            if (*slot).tts_nvalid < column {
+                pg_sys::slot_getsomeattrs_int(slot, column as _);
+            }
+            let at = (column - 1) as usize;
+            T::from_datum(*(*slot).tts_values.add(at), *(*slot).tts_isnull.add(at))
+        }
+    }
+}
+
+/// The changed row of a single-row statement, as counting reads it.
+pub(crate) struct ChangedRow {
+    pub user_id: String,
+    pub kind: String,
+    pub status: String,
+    pub started_at: TimestampWithTimeZone,
+    pub learning_plan_id: Option<pgrx::Uuid>,
+    pub session_id: pgrx::Uuid,
+}
+
+/// The first row of a transition table of `relation` (tally.sessions or a shard of it).
+pub(crate) fn transition_row(
+    relation: pg_sys::Relation,
+    table: *mut pg_sys::Tuplestorestate,
+) -> Option<ChangedRow> {
+    let column = |name| column_of(relation, name);
+    // SAFETY: the transition table of this trigger call holds rows of `relation`.
+    // Read pointer 0 is rewound before and after (every scan of a transition table
+    // selects and rewinds its own pointer); the slot is dropped before returning.
+    unsafe {
+        let slot =
+            pg_sys::MakeSingleTupleTableSlot((*relation).rd_att, &pg_sys::TTSOpsMinimalTuple);
+        pg_sys::tuplestore_select_read_pointer(table, 0);
+        pg_sys::tuplestore_rescan(table);
+        let row = if pg_sys::tuplestore_gettupleslot(table, true, false, slot) {
+            let slot = Slot(slot);
+            let required = |name| -> String {
+                slot.get(column(name))
+                    .unwrap_or_else(|| panic!("tally: NULL {name}"))
+            };
+            Some(ChangedRow {
+                user_id: required("user_id"),
+                kind: required("kind"),
+                status: required("status"),
+                started_at: slot
+                    .get(column("started_at"))
+                    .expect("tally: NULL started_at"),
+                learning_plan_id: slot.get(column("learning_plan_id")),
+                session_id: slot
+                    .get(column("session_id"))
+                    .expect("tally: NULL session_id"),
+            })
+        } else {
+            None
+        };
+        pg_sys::tuplestore_rescan(table);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        row
+    }
+}
+
+/// What counting needs of a user's subscription and plan and of a session kind.
+pub(crate) struct Subscription {
+    pub anchor: TimestampWithTimeZone,
+    pub period: Interval,
+    pub practice_limit: Option<i32>,
+    pub assessments_limit: Option<i32>,
+    pub plan_id: String,
+    pub counter: Counter,
+}
+
+/// Reads by key in tally's tables on this node, with one statement snapshot.
+pub(crate) struct Tables {
+    snapshot: StatementSnapshot,
+}
+
+impl Tables {
+    /// None where tally's tables are not this node's own (counting then uses SPI).
+    pub(crate) fn here() -> Option<Tables> {
+        ShardTables::all_local().then(|| Tables {
+            snapshot: StatementSnapshot::take(),
+        })
+    }
+
+    /// The subscription of `user_id` and the counter of `kind`: Some(None) when the
+    /// subscription is gone (its deletion cascades to the row), None when a table
+    /// cannot be read here.
+    pub(crate) fn subscription(&self, user_id: &str, kind: &str) -> Option<Option<Subscription>> {
+        let subscriptions = Table::open("tally.subscriptions")?;
+        let plans = Table::open("tally.plans")?;
+        let kinds = Table::open("tally.session_kinds")?;
+        let mut facts = None;
+        let (anchor, plan) = (
+            subscriptions.column("period_anchor"),
+            subscriptions.column("plan_id"),
+        );
+        let found = subscriptions.by_text_key("user_id", user_id, &self.snapshot, |row| {
+            facts = Some((
+                row.get::<TimestampWithTimeZone>(anchor),
+                row.get::<String>(plan),
+            ));
+        });
+        let Some((Some(anchor), Some(plan_id))) = facts.filter(|_| found.is_some()) else {
+            return Some(None);
+        };
+        let mut limits = None;
+        let (period, practice, assessments) = (
+            plans.column("period"),
+            plans.column("practice_sessions_limit"),
+            plans.column("assessments_limit"),
+        );
+        plans.by_text_key("plan_id", &plan_id, &self.snapshot, |row| {
+            limits = Some((
+                row.get::<Interval>(period),
+                row.get::<i32>(practice),
+                row.get::<i32>(assessments),
+            ));
+        })?;
+        let (Some(period), practice_limit, assessments_limit) = limits? else {
+            return None;
+        };
+        let counter = counter_of(&kinds, kind, &self.snapshot)?;
+        Some(Some(Subscription {
+            anchor,
+            period,
+            practice_limit,
+            assessments_limit,
+            plan_id,
+            counter,
+        }))
+    }
+}
+
+/// Started sessions holding a reservation in one (user, period) (started in the
+/// period, after `cutoff`), per counter (practice, assessments), as
+/// crate::limits::RESERVATIONS_SQL counts them; None when the reservation index
+/// cannot be read here.
+pub(crate) fn reservations(
+    user_id: &str,
+    start: TimestampWithTimeZone,
+    end: TimestampWithTimeZone,
+    cutoff: TimestampWithTimeZone,
+) -> Option<(i32, i32)> {
+    if !ShardTables::all_local() {
+        return None;
+    }
+    // Taken now: after the usage row lock this statement holds.
+    let snapshot = StatementSnapshot::take();
+    let sessions = Table::open("tally.sessions")?;
+    let kinds = Table::open("tally.session_kinds")?;
+    let index = sessions.found.reservations?;
+    let (user, started, status, kind) = (
+        sessions.column("user_id"),
+        sessions.column("started_at"),
+        sessions.column("status"),
+        sessions.column("kind"),
+    );
+    let keys = [
+        Key {
+            column: user,
+            strategy: pg_sys::BTEqualStrategyNumber,
+            function: pg_sys::F_TEXTEQ,
+            value: user_id.into_datum()?,
+        },
+        Key {
+            column: started,
+            strategy: pg_sys::BTGreaterEqualStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_GE,
+            value: start.into_datum()?,
+        },
+        Key {
+            column: started,
+            strategy: pg_sys::BTLessStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_LT,
+            value: end.into_datum()?,
+        },
+    ];
+    let mut held: Vec<String> = Vec::new();
+    sessions.scan(index, &keys, &snapshot, |row| {
+        // The index holds started sessions only; the row is checked all the same.
+        let holds = row.get::<String>(status).as_deref() == Some("started")
+            && row
+                .get::<TimestampWithTimeZone>(started)
+                .is_some_and(|at| at > cutoff);
+        if holds {
+            held.extend(row.get::<String>(kind));
+        }
+        true
+    });
+    let mut counters = std::collections::HashMap::new();
+    let (mut practice, mut assessments) = (0, 0);
+    for kind in held {
+        if !counters.contains_key(&kind) {
+            let counter = counter_of(&kinds, &kind, &snapshot)?;
+            counters.insert(kind.clone(), counter);
+        }
+        match counters[&kind] {
+            Counter::PracticeSessions => practice += 1,
+            Counter::Assessments => assessments += 1,
+            Counter::Unmetered => {}
+        }
+    }
+    Some((practice, assessments))
+}
+
+/// The counter of session kind `kind`.
+fn counter_of(kinds: &Table, kind: &str, snapshot: &StatementSnapshot) -> Option<Counter> {
+    let column = kinds.column("counter");
+    let mut counter = None;
+    kinds.by_text_key("kind", kind, snapshot, |row| {
+        counter = row.get::<String>(column).map(|c| Counter::from_sql(&c));
+    })?;
+    counter
+}
+
+/// `now() - tally.reservation_timeout()`: started sessions from before it no longer
+/// hold a reservation.
+pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
+    let now: TimestampWithTimeZone = pgrx::datetime::now();
+    let timeout = crate::settings::reservation_timeout();
+    // SAFETY: timestamptz - interval, as the SQL operator (session time zone included).
+    unsafe {
+        pgrx::direct_function_call::<TimestampWithTimeZone>(
+            pg_sys::timestamptz_mi_interval,
+            &[now.into_datum(), timeout.into_datum()],
+        )
+    }
+    .expect("timestamptz - interval is not NULL")
+}
