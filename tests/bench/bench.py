@@ -5,11 +5,13 @@ Every workload runs in several interleaved rounds against its baselines on the s
 cluster; the report gives medians and ratios. After each workload the counters are
 checked against a recount, so a fast wrong answer cannot pass.
 
-Workloads (select with BENCH_ONLY=single,durable,bulk,hot,http,citus; rounds with BENCH_ROUNDS):
+Workloads (select with BENCH_ONLY=single,durable,record,bulk,hot,http,citus; rounds with BENCH_ROUNDS):
   single  pgbench single-row INSERTs at 1, 8 and 32 clients: no trigger, PL/pgSQL row
           trigger, application-side INSERT + UPDATE, tally
-  durable the single-row workload at 1 and 8 clients with synchronous_commit on, as
+  durable the single-row workload at 1, 8 and 32 clients with synchronous_commit on, as
           PostgreSQL ships: every commit waits for its WAL flush
+  record  the API's call, tally.record_session (the insert and the usage document after
+          it), next to a plain INSERT ... RETURNING at 8 clients
   bulk    1,000,000 rows (and 100,000, for linearity) by COPY and by INSERT ... SELECT:
           no trigger, PL/pgSQL row trigger, PL/pgSQL statement trigger, tally
   hot     32 clients inserting for one user: tally vs no trigger, throughput and p99
@@ -39,7 +41,7 @@ DB = "tally_bench"
 USERS = 10_000
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
-ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "single,durable,bulk,hot,http,citus").split(",")))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "single,durable,record,bulk,hot,http,citus").split(",")))
 CITUS_PORT = int(os.environ.get("BENCH_CITUS_PORT", "55470"))
 CITUS_CLUSTER = ROOT / "target/bench-citus"
 API_PORT = int(os.environ.get("BENCH_API_PORT", "18181"))
@@ -245,7 +247,7 @@ def durable():
     tps = {}
     variants = ["plain", "row_trigger", "tally"]
     for round_no in range(ROUNDS):
-        for clients in (1, 8):
+        for clients in (1, 8, 32):
             for variant in variants:
                 value = pgbench(single_script(variant), clients, DURATION, options="-c synchronous_commit=on")
                 tps.setdefault((clients, variant), []).append(value)
@@ -253,12 +255,32 @@ def durable():
     for variant in variants:
         check_counters(variant)
     report = []
-    for clients in (1, 8):
+    for clients in (1, 8, 32):
         floor = median(tps[(clients, "plain")])
         for variant in variants:
             m = median(tps[(clients, variant)])
             report.append({"clients": clients, "variant": variant, "median_tps": round(m), "vs_no_trigger": round(m / floor, 2)})
     results["durable"] = report
+
+
+# The API's call against the plainest insert that also answers with the row.
+INSERT_RETURNING = "\\set uid random(1, {users})\nINSERT INTO bench.plain (user_id, kind, started_at, completed_at) VALUES ('u' || :uid, 'practice', now(), now()) RETURNING *;\n"
+
+
+def record():
+    tps = {}
+    reset("plain")
+    reset("tally")
+    scripts = {"insert_returning": INSERT_RETURNING.format(users=USERS), "record_session": RECORD_ONE.format(users=USERS)}
+    for round_no in range(ROUNDS):
+        for variant, script in scripts.items():
+            value = pgbench(script, 8, DURATION)
+            tps.setdefault(variant, []).append(value)
+            log(f"  record round {round_no + 1} clients  8 {variant:<16} {value:9.0f} tps")
+    check_counters("tally")
+    floor = median(tps["insert_returning"])
+    results["record"] = [{"clients": 8, "variant": v, "median_tps": round(median(t)), "vs_insert_returning": round(median(t) / floor, 2)}
+                         for v, t in tps.items()]
 
 
 # ----------------------------------------------------------------- hot ----
@@ -479,20 +501,29 @@ def markdown(results):
     out = []
     if "single" in results:
         out += ["Single-row INSERT, pgbench -M prepared, 10,000 users (tps, median; ratio to no trigger):", "",
-                "| clients | no trigger | PL/pgSQL row trigger | app-side INSERT + UPDATE | tally |", "|---|---|---|---|---|"]
+                "| clients | no trigger | PL/pgSQL row trigger | app-side INSERT + UPDATE | tally | tally / row trigger |",
+                "|---|---|---|---|---|---|"]
         for clients in (1, 8, 32):
             row = {r["variant"]: r for r in results["single"] if r["clients"] == clients}
             cells = [f"{row[v]['median_tps']:,} ({row[v]['vs_no_trigger']:.2f}x)" for v in SINGLE_VARIANTS]
+            cells.append(f"{row['tally']['median_tps'] / row['row_trigger']['median_tps']:.2f}x")
             out.append(f"| {clients} | " + " | ".join(cells) + " |")
         out.append("")
     if "durable" in results:
         out += ["The same with synchronous_commit on (PostgreSQL's default durability):", "",
-                "| clients | no trigger | PL/pgSQL row trigger | tally |", "|---|---|---|---|"]
-        for clients in (1, 8):
+                "| clients | no trigger | PL/pgSQL row trigger | tally | tally / row trigger |", "|---|---|---|---|---|"]
+        for clients in sorted({r["clients"] for r in results["durable"]}):
             row = {r["variant"]: r for r in results["durable"] if r["clients"] == clients}
             cells = [f"{row[v]['median_tps']:,} ({row[v]['vs_no_trigger']:.2f}x)" for v in ("plain", "row_trigger", "tally")]
+            cells.append(f"{row['tally']['median_tps'] / row['row_trigger']['median_tps']:.2f}x")
             out.append(f"| {clients} | " + " | ".join(cells) + " |")
         out.append("")
+    if "record" in results:
+        row = {r["variant"]: r for r in results["record"]}
+        out += ["The API's call, `tally.record_session` (insert and usage document), 8 clients:", "",
+                "| INSERT … RETURNING, no trigger | tally.record_session | ratio |", "|---|---|---|",
+                f"| {row['insert_returning']['median_tps']:,} tps | {row['record_session']['median_tps']:,} tps | "
+                f"{row['record_session']['vs_insert_returning']:.2f}x |", ""]
     if "bulk" in results:
         out += ["Bulk loads, 10,000 users, five periods (seconds, median; ratio to no trigger):", "",
                 "| load | no trigger | PL/pgSQL row trigger | PL/pgSQL statement trigger | tally |", "|---|---|---|---|---|"]
@@ -540,7 +571,7 @@ def main():
         return
     log(f"bench: {ROUNDS} rounds, {DURATION}s per timed run, workloads {sorted(ONLY)}")
     setup()
-    for name, run in (("single", single), ("durable", durable), ("bulk", bulk), ("hot", hot), ("http", http), ("citus", citus)):
+    for name, run in (("single", single), ("durable", durable), ("record", record), ("bulk", bulk), ("hot", hot), ("http", http), ("citus", citus)):
         if name in ONLY:
             log(f"{name}:")
             run()
