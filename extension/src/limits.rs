@@ -16,7 +16,7 @@ use crate::spi::{get, run_cached, TEXT, TIMESTAMPTZ};
 /// (practice, assessments): the same index range either way, and the usage document
 /// needs both. A separate statement so that its snapshot is taken after the usage row
 /// lock; scalar parameters so that its plan is prepared once.
-const RESERVATIONS_SQL: &str = r#"
+pub(crate) const RESERVATIONS_SQL: &str = r#"
 SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
        count(*) FILTER (WHERE k.counter = 'assessments')::int
   FROM tally.sessions x

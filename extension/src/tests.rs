@@ -210,4 +210,69 @@ mod tests {
             "limit checks must not scan tally.sessions sequentially"
         );
     }
+
+    /// Reservations counted by key (crate::keyed) and by the SQL statement they
+    /// replace, over sessions of every status, kind, age and user.
+    #[pg_test]
+    fn reservations_read_by_key_match_the_sql_count() {
+        fixtures();
+        run("INSERT INTO tally.session_kinds VALUES ('warmup', 'none')");
+        run("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES ('jonas', 'fluency_builder', '2026-01-31 00:00+00')");
+        for (user, kind, status, age) in [
+            ("kamile", "practice", "started", "1 hour"),
+            ("kamile", "learning_plan", "started", "10 minutes"),
+            ("kamile", "assessment", "started", "30 minutes"),
+            ("kamile", "warmup", "started", "5 minutes"),
+            ("kamile", "practice", "started", "3 hours"),
+            ("kamile", "practice", "completed", "20 minutes"),
+            ("kamile", "assessment", "abandoned", "20 minutes"),
+            ("jonas", "assessment", "started", "5 minutes"),
+        ] {
+            let completed = if status == "completed" {
+                "now()"
+            } else {
+                "NULL"
+            };
+            run(&format!(
+                "INSERT INTO tally.sessions (user_id, kind, status, started_at, completed_at)
+                 VALUES ('{user}', '{kind}', '{status}', now() - interval '{age}', {completed})"
+            ));
+        }
+        let (start, end) = Spi::get_two::<TimestampWithTimeZone, TimestampWithTimeZone>(
+            "SELECT tally.period_start_for('2026-01-31 00:00+00', '1 month', now()),
+                    tally.period_end_for('2026-01-31 00:00+00', '1 month', now())",
+        )
+        .unwrap();
+        let (start, end) = (start.unwrap(), end.unwrap());
+        let by_sql = Spi::get_two_with_args::<i32, i32>(
+            crate::limits::RESERVATIONS_SQL,
+            &[String::from("kamile").into(), start.into(), end.into()],
+        )
+        .unwrap();
+        let by_key =
+            crate::keyed::reservations("kamile", start, end, crate::keyed::reservation_cutoff());
+        // Two practice sessions (the 3-hour-old one has expired), one assessment; the
+        // warm-up counts nowhere, jonas's session is his.
+        assert_eq!(by_sql, (Some(2), Some(1)));
+        assert_eq!(by_key, Some((2, 1)));
+    }
+
+    /// Without the reservation index the count falls back to SQL, and limits hold.
+    #[pg_test]
+    fn limits_hold_without_the_reservation_index() {
+        fixtures();
+        run("DROP INDEX tally.sessions_reservations_idx");
+        let now = Spi::get_one::<TimestampWithTimeZone>("SELECT now()")
+            .unwrap()
+            .unwrap();
+        assert_eq!(crate::keyed::reservations("kamile", now, now, now), None);
+        // The plan allows 2 assessments: two started ones hold both slots.
+        for _ in 0..2 {
+            run("INSERT INTO tally.sessions (user_id, kind, status) VALUES ('kamile', 'assessment', 'started')");
+        }
+        assert_eq!(
+            error_code("INSERT INTO tally.sessions (user_id, kind, status) VALUES ('kamile', 'assessment', 'started')"),
+            Some("TL001".into())
+        );
+    }
 }
