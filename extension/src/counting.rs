@@ -32,8 +32,8 @@ use crate::limits::{check_limits, IndexOnlyPlanning, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
 use crate::spi::{
-    get, get_nullable, register_transition_tables, run_cached, INT4, INTERVAL_ARRAY, TEXT,
-    TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY, UUID,
+    get, get_nullable, register_transition_tables, run_cached, INT4, INT4_ARRAY, INTERVAL_ARRAY,
+    TEXT, TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY, UUID,
 };
 
 /// What a statement changed, one row per session row (for an UPDATE, the new completed
@@ -123,9 +123,8 @@ const INSERTED: Changes = changes!(insert_changed!());
 const UPDATED: Changes = changes!(update_changed!());
 const DELETED: Changes = changes!(delete_changed!());
 
-/// The single changed row of a statement: read on its own (then its subscription by
-/// SUBSCRIPTION_SQL), or, where tally's tables are local tables, with its
-/// subscription and kind in the same query.
+/// The single changed row of a statement, read through SPI where tally's tables are
+/// not this node's own (else it is read directly, crate::keyed).
 macro_rules! one_row_sql {
     ($table:literal) => {
         concat!(
@@ -133,19 +132,6 @@ macro_rules! one_row_sql {
                     status = 'started' AND started_at <= now() - tally.reservation_timeout()
                FROM ",
             $table
-        )
-    };
-    ($table:literal, joined) => {
-        concat!(
-            "SELECT r.user_id, r.kind, r.status, r.started_at, r.learning_plan_id, r.session_id,
-                    r.status = 'started' AND r.started_at <= now() - tally.reservation_timeout(),
-                    s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id, k.counter
-               FROM ",
-            $table,
-            " r
-               JOIN tally.session_kinds k ON k.kind = r.kind
-               JOIN tally.subscriptions s ON s.user_id = r.user_id
-               JOIN tally.plans p ON p.plan_id = s.plan_id"
         )
     };
 }
@@ -158,29 +144,29 @@ enum Transition {
 }
 
 impl Transition {
-    /// The row alone, and the row joined with its subscription and kind.
-    fn sql(self) -> (&'static str, &'static str) {
+    fn sql(self) -> &'static str {
         match self {
-            Transition::New => (one_row_sql!("tally_new"), one_row_sql!("tally_new", joined)),
-            Transition::Old => (one_row_sql!("tally_old"), one_row_sql!("tally_old", joined)),
+            Transition::New => one_row_sql!("tally_new"),
+            Transition::Old => one_row_sql!("tally_old"),
+        }
+    }
+
+    fn table(self, data: &pg_sys::TriggerData) -> *mut pg_sys::Tuplestorestate {
+        match self {
+            Transition::New => data.tg_newtable,
+            Transition::Old => data.tg_oldtable,
         }
     }
 }
 
-/// What counting needs of a user's subscription and of a session kind, routed by
-/// user_id (plans and session_kinds are reference tables on Citus).
+/// A user's subscription and plan, routed by user_id (plans is a reference table on
+/// Citus); read through SPI where tally's tables are not this node's own.
 const SUBSCRIPTION_SQL: &str = "
-SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id, k.counter
-  FROM tally.subscriptions s
-  JOIN tally.plans p ON p.plan_id = s.plan_id
-  JOIN tally.session_kinds k ON k.kind = $2
- WHERE s.user_id = $1";
-
-/// A user's subscription alone (the set-based path reads kinds once for all rows).
-const SUBSCRIPTION_FACTS_SQL: &str = "
-SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
+SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id
   FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
  WHERE s.user_id = $1";
+
+const COUNTER_SQL: &str = "SELECT counter FROM tally.session_kinds WHERE kind = $1";
 
 const KINDS_SQL: &str = "SELECT array_agg(kind), array_agg(counter) FROM tally.session_kinds";
 
@@ -191,6 +177,19 @@ ON CONFLICT (user_id, period_start) DO UPDATE
    SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
        assessments_used = u.assessments_used + excluded.assessments_used
 RETURNING practice_sessions_used, assessments_used
+"#;
+
+/// RAISE_ONE_SQL for many (user, period) groups at once, in key order, where the
+/// usage table is this node's own (one node, or a co-located shard): one statement
+/// for a bulk load instead of one per group.
+const RAISE_MANY_SQL: &str = r#"
+INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[], $5::int[])
+ ORDER BY 1, 2
+ON CONFLICT (user_id, period_start) DO UPDATE
+   SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
+       assessments_used = u.assessments_used + excluded.assessments_used
+RETURNING user_id, period_start, practice_sessions_used, assessments_used
 "#;
 
 const LOWER_ONE_SQL: &str = r#"
@@ -259,14 +258,6 @@ entry!(
     on(c"sessions", After, Statement, INSERT)
 );
 
-/// A user's subscription, as counting needs it.
-struct Subscription {
-    anchor: TimestampWithTimeZone,
-    period: Interval,
-    practice_limit: Option<i32>,
-    assessments_limit: Option<i32>,
-}
-
 /// The set-based path: the statement's changes aggregated per (user, period) and per
 /// learning plan from its transition tables alone, then one routed counter write per
 /// group, in key order (the order every writer takes these row locks in). Returns
@@ -276,22 +267,10 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
         .map(|row| get(&row, 1))
         .collect();
     // Users whose subscription is gone (a cascade from its deletion) count nowhere.
+    let reads = keyed::Tables::here();
     let mut subscriptions = HashMap::new();
     for user in users {
-        let found = run_cached(
-            client,
-            SUBSCRIPTION_FACTS_SQL,
-            &[TEXT],
-            &[user.clone().into()],
-        )
-        .next()
-        .map(|row| Subscription {
-            anchor: get(&row, 1),
-            period: get(&row, 2),
-            practice_limit: get_nullable(&row, 3),
-            assessments_limit: get_nullable(&row, 4),
-        });
-        if let Some(found) = found {
+        if let Some(found) = subscription(client, reads.as_ref(), &user) {
             subscriptions.insert(user, found);
         }
     }
@@ -344,19 +323,34 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
         .map(|row| (get(&row, 1), get(&row, 2), get(&row, 3)))
         .collect();
 
+    // One statement for all the raises when they are all this statement writes (an
+    // INSERT or COPY; a DELETE only lowers): its rows are then locked in the same key
+    // order as group by group.
+    let batched = ShardTables::all_local()
+        && groups.iter().filter(|g| g.raises()).count() > 1
+        && groups.iter().all(|g| g.raises() || !g.lowers());
+    let mut raised = if batched {
+        raise_many(client, groups.iter().filter(|g| g.raises()))
+    } else {
+        HashMap::new()
+    };
     let enforce = settings::enforce_limits();
     let mut checks = Vec::new();
     for group in groups {
         let (practice, assessments) = group.done;
-        if practice > 0 || assessments > 0 || group.added.0 > 0 || group.added.1 > 0 {
-            let used = raise(
-                client,
-                &group.user_id,
-                group.period_start,
-                group.period_end,
-                practice,
-                assessments,
-            );
+        if group.raises() {
+            let used =
+                match raised.remove(&(group.user_id.clone(), group.period_start.into_inner())) {
+                    Some(used) => used,
+                    None => raise(
+                        client,
+                        &group.user_id,
+                        group.period_start,
+                        group.period_end,
+                        practice,
+                        assessments,
+                    ),
+                };
             let subscription = &subscriptions[&group.user_id];
             for counter in [Counter::PracticeSessions, Counter::Assessments] {
                 let added = counter.of(group.added.0, group.added.1);
@@ -375,7 +369,7 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
                     });
                 }
             }
-        } else if practice < 0 || assessments < 0 {
+        } else if group.lowers() {
             lower(
                 client,
                 &group.user_id,
@@ -400,6 +394,61 @@ struct Group {
     done: (i32, i32),
     added: (i32, i32),
     unheld: (i32, i32),
+}
+
+impl Group {
+    /// Adds to its usage row (completions, or sessions that take a slot).
+    fn raises(&self) -> bool {
+        self.done.0 > 0 || self.done.1 > 0 || self.added.0 > 0 || self.added.1 > 0
+    }
+
+    /// Takes completions away from its usage row.
+    fn lowers(&self) -> bool {
+        !self.raises() && (self.done.0 < 0 || self.done.1 < 0)
+    }
+}
+
+/// RAISE_ONE_SQL for every group in one statement. Returns the counters after the
+/// write by (user, period start).
+fn raise_many<'a>(
+    client: &mut SpiClient<'_>,
+    groups: impl Iterator<Item = &'a Group>,
+) -> HashMap<(String, i64), (i32, i32)> {
+    let (mut users, mut starts, mut ends, mut practice, mut assessments) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for group in groups {
+        users.push(group.user_id.clone());
+        starts.push(group.period_start);
+        ends.push(group.period_end);
+        practice.push(group.done.0);
+        assessments.push(group.done.1);
+    }
+    run_cached(
+        client,
+        RAISE_MANY_SQL,
+        &[
+            TEXT_ARRAY,
+            TIMESTAMPTZ_ARRAY,
+            TIMESTAMPTZ_ARRAY,
+            INT4_ARRAY,
+            INT4_ARRAY,
+        ],
+        &[
+            users.into(),
+            starts.into(),
+            ends.into(),
+            practice.into(),
+            assessments.into(),
+        ],
+    )
+    .map(|row| {
+        let start: TimestampWithTimeZone = get(&row, 2);
+        (
+            (get(&row, 1), start.into_inner()),
+            (get(&row, 3), get(&row, 4)),
+        )
+    })
+    .collect()
 }
 
 /// Adds to a usage row, creating it if needed; the upsert takes the row lock that
@@ -504,6 +553,38 @@ impl RowFacts {
     }
 }
 
+/// A user's subscription and plan; None when there is none (its deletion cascades
+/// to the user's rows).
+fn subscription(
+    client: &mut SpiClient<'_>,
+    reads: Option<&keyed::Tables>,
+    user_id: &str,
+) -> Option<keyed::Subscription> {
+    if let Some(found) = reads.and_then(|reads| reads.subscription(user_id)) {
+        return found;
+    }
+    run_cached(client, SUBSCRIPTION_SQL, &[TEXT], &[user_id.into()])
+        .next()
+        .map(|row| keyed::Subscription {
+            anchor: get(&row, 1),
+            period: get(&row, 2),
+            practice_limit: get_nullable(&row, 3),
+            assessments_limit: get_nullable(&row, 4),
+            plan_id: get(&row, 5),
+        })
+}
+
+/// The counter of a session kind.
+fn counter(client: &mut SpiClient<'_>, reads: Option<&keyed::Tables>, kind: &str) -> Counter {
+    if let Some(found) = reads.and_then(|reads| reads.counter(kind)) {
+        return found;
+    }
+    let row = run_cached(client, COUNTER_SQL, &[TEXT], &[kind.into()])
+        .next()
+        .expect("tally: a session's kind exists (foreign key)");
+    Counter::from_sql(&get::<String>(&row, 1))
+}
+
 /// The one row of a transition table, then its subscription and kind. None when the
 /// subscription is gone (the row is being deleted by its cascade).
 fn one_row(
@@ -511,78 +592,37 @@ fn one_row(
     data: &pg_sys::TriggerData,
     transition: Transition,
 ) -> Option<RowFacts> {
-    let table = match transition {
-        Transition::New => data.tg_newtable,
-        Transition::Old => data.tg_oldtable,
-    };
-    if let Some(reads) = keyed::Tables::here() {
-        // Read by key, without the executor (crate::keyed).
-        let row = keyed::transition_row(data.tg_relation, table)?;
-        if let Some(found) = reads.subscription(&row.user_id, &row.kind) {
-            let s = found?;
-            let expired = row.status == "started" && row.started_at <= keyed::reservation_cutoff();
-            return Some(RowFacts {
-                user_id: row.user_id,
-                status: row.status,
-                started_at: row.started_at,
-                learning_plan_id: row.learning_plan_id,
-                counter: s.counter,
-                anchor: s.anchor,
-                period: s.period,
-                practice_limit: s.practice_limit,
-                assessments_limit: s.assessments_limit,
-                session_id: row.session_id,
-                plan_id: s.plan_id,
-                expired,
-            });
+    let reads = keyed::Tables::here();
+    let row = match reads {
+        // Read directly, without the executor (crate::keyed).
+        Some(_) => keyed::transition_row(data.tg_relation, transition.table(data))?,
+        None => {
+            let row = run_cached(client, transition.sql(), &[], &[]).next()?;
+            keyed::ChangedRow {
+                user_id: get(&row, 1),
+                kind: get(&row, 2),
+                status: get(&row, 3),
+                started_at: get(&row, 4),
+                learning_plan_id: get_nullable(&row, 5),
+                session_id: get(&row, 6),
+            }
         }
-    }
-    let (alone, joined) = transition.sql();
-    if ShardTables::all_local() {
-        // One query: tally's tables are this node's own (one node, or the shards
-        // co-located with the one the trigger fired on).
-        let row = run_cached(client, joined, &[], &[]).next()?;
-        return Some(RowFacts {
-            user_id: get(&row, 1),
-            status: get(&row, 3),
-            started_at: get(&row, 4),
-            learning_plan_id: get_nullable(&row, 5),
-            session_id: get(&row, 6),
-            expired: get(&row, 7),
-            anchor: get(&row, 8),
-            period: get(&row, 9),
-            practice_limit: get_nullable(&row, 10),
-            assessments_limit: get_nullable(&row, 11),
-            plan_id: get(&row, 12),
-            counter: Counter::from_sql(&get::<String>(&row, 13)),
-        });
-    }
-    let row = run_cached(client, alone, &[], &[]).next()?;
-    let (user_id, kind): (String, String) = (get(&row, 1), get(&row, 2));
-    let status: String = get(&row, 3);
-    let started_at = get(&row, 4);
-    let learning_plan_id = get_nullable(&row, 5);
-    let session_id = get(&row, 6);
-    let expired = get(&row, 7);
-    let subscription = run_cached(
-        client,
-        SUBSCRIPTION_SQL,
-        &[TEXT, TEXT],
-        &[user_id.clone().into(), kind.into()],
-    )
-    .next()?;
+    };
+    let s = subscription(client, reads.as_ref(), &row.user_id)?;
+    let counter = counter(client, reads.as_ref(), &row.kind);
+    let expired = row.status == "started" && row.started_at <= keyed::reservation_cutoff();
     Some(RowFacts {
-        user_id,
-        status,
-        started_at,
-        learning_plan_id,
-        counter: Counter::from_sql(&get::<String>(&subscription, 6)),
-        anchor: get(&subscription, 1),
-        period: get(&subscription, 2),
-        practice_limit: get_nullable(&subscription, 3),
-        assessments_limit: get_nullable(&subscription, 4),
-        session_id,
-        plan_id: get(&subscription, 5),
+        user_id: row.user_id,
+        status: row.status,
+        started_at: row.started_at,
+        learning_plan_id: row.learning_plan_id,
+        counter,
+        anchor: s.anchor,
+        period: s.period,
+        practice_limit: s.practice_limit,
+        assessments_limit: s.assessments_limit,
+        session_id: row.session_id,
+        plan_id: s.plan_id,
         expired,
     })
 }

@@ -376,14 +376,13 @@ pub(crate) fn transition_row(
     }
 }
 
-/// What counting needs of a user's subscription and plan and of a session kind.
+/// What counting needs of a user's subscription and plan.
 pub(crate) struct Subscription {
     pub anchor: TimestampWithTimeZone,
     pub period: Interval,
     pub practice_limit: Option<i32>,
     pub assessments_limit: Option<i32>,
     pub plan_id: String,
-    pub counter: Counter,
 }
 
 /// Reads by key in tally's tables on this node, with one statement snapshot.
@@ -399,13 +398,12 @@ impl Tables {
         })
     }
 
-    /// The subscription of `user_id` and the counter of `kind`: Some(None) when the
-    /// subscription is gone (its deletion cascades to the row), None when a table
-    /// cannot be read here.
-    pub(crate) fn subscription(&self, user_id: &str, kind: &str) -> Option<Option<Subscription>> {
+    /// The subscription of `user_id` and its plan: Some(None) when there is none
+    /// (its deletion cascades to the user's rows), None when a table cannot be read
+    /// here.
+    pub(crate) fn subscription(&self, user_id: &str) -> Option<Option<Subscription>> {
         let subscriptions = Table::open("tally.subscriptions")?;
         let plans = Table::open("tally.plans")?;
-        let kinds = Table::open("tally.session_kinds")?;
         let mut facts = None;
         let (anchor, plan) = (
             subscriptions.column("period_anchor"),
@@ -436,88 +434,118 @@ impl Tables {
         let (Some(period), practice_limit, assessments_limit) = limits? else {
             return None;
         };
-        let counter = counter_of(&kinds, kind, &self.snapshot)?;
         Some(Some(Subscription {
             anchor,
             period,
             practice_limit,
             assessments_limit,
             plan_id,
-            counter,
         }))
+    }
+
+    /// The counter of session kind `kind`; None when it cannot be read here.
+    pub(crate) fn counter(&self, kind: &str) -> Option<Counter> {
+        counter_of(&Table::open("tally.session_kinds")?, kind, &self.snapshot)
     }
 }
 
-/// Started sessions holding a reservation in one (user, period) (started in the
-/// period, after `cutoff`), per counter (practice, assessments), as
-/// crate::limits::RESERVATIONS_SQL counts them; None when the reservation index
-/// cannot be read here.
-pub(crate) fn reservations(
-    user_id: &str,
-    start: TimestampWithTimeZone,
-    end: TimestampWithTimeZone,
-    cutoff: TimestampWithTimeZone,
-) -> Option<(i32, i32)> {
-    if !ShardTables::all_local() {
-        return None;
+/// Counts reservations by key (crate::limits::RESERVATIONS_SQL, without the
+/// executor), all with one snapshot taken when it is made: after the usage row locks
+/// of the statement being checked.
+pub(crate) struct Reservations {
+    snapshot: StatementSnapshot,
+    sessions: Table,
+    kinds: Table,
+    index: pg_sys::Oid,
+    /// Session kinds' counters, as read with the snapshot.
+    counters: std::collections::HashMap<String, Counter>,
+}
+
+impl Reservations {
+    /// None where the sessions table or its reservation index cannot be read here.
+    pub(crate) fn here() -> Option<Reservations> {
+        if !ShardTables::all_local() {
+            return None;
+        }
+        let snapshot = StatementSnapshot::take();
+        let sessions = Table::open("tally.sessions")?;
+        let kinds = Table::open("tally.session_kinds")?;
+        let index = sessions.found.reservations?;
+        Some(Reservations {
+            snapshot,
+            sessions,
+            kinds,
+            index,
+            counters: std::collections::HashMap::new(),
+        })
     }
-    // Taken now: after the usage row lock this statement holds.
-    let snapshot = StatementSnapshot::take();
-    let sessions = Table::open("tally.sessions")?;
-    let kinds = Table::open("tally.session_kinds")?;
-    let index = sessions.found.reservations?;
-    let (user, started, status, kind) = (
-        sessions.column("user_id"),
-        sessions.column("started_at"),
-        sessions.column("status"),
-        sessions.column("kind"),
-    );
-    let keys = [
-        Key {
-            column: user,
-            strategy: pg_sys::BTEqualStrategyNumber,
-            function: pg_sys::F_TEXTEQ,
-            value: user_id.into_datum()?,
-        },
-        Key {
-            column: started,
-            strategy: pg_sys::BTGreaterEqualStrategyNumber,
-            function: pg_sys::F_TIMESTAMPTZ_GE,
-            value: start.into_datum()?,
-        },
-        Key {
-            column: started,
-            strategy: pg_sys::BTLessStrategyNumber,
-            function: pg_sys::F_TIMESTAMPTZ_LT,
-            value: end.into_datum()?,
-        },
-    ];
-    let mut held: Vec<String> = Vec::new();
-    sessions.scan(index, &keys, &snapshot, |row| {
-        // The index holds started sessions only; the row is checked all the same.
-        let holds = row.get::<String>(status).as_deref() == Some("started")
-            && row
-                .get::<TimestampWithTimeZone>(started)
-                .is_some_and(|at| at > cutoff);
-        if holds {
-            held.extend(row.get::<String>(kind));
+
+    /// Started sessions holding a reservation in one (user, period) (started in the
+    /// period, after `cutoff`), per counter: (practice, assessments).
+    pub(crate) fn count(
+        &mut self,
+        user_id: &str,
+        start: TimestampWithTimeZone,
+        end: TimestampWithTimeZone,
+        cutoff: TimestampWithTimeZone,
+    ) -> (i32, i32) {
+        let sessions = &self.sessions;
+        let (user, started, status, kind) = (
+            sessions.column("user_id"),
+            sessions.column("started_at"),
+            sessions.column("status"),
+            sessions.column("kind"),
+        );
+        let datum = |value: Option<pg_sys::Datum>| value.expect("tally: a key is not NULL");
+        let keys = [
+            Key {
+                column: user,
+                strategy: pg_sys::BTEqualStrategyNumber,
+                function: pg_sys::F_TEXTEQ,
+                value: datum(user_id.into_datum()),
+            },
+            Key {
+                column: started,
+                strategy: pg_sys::BTGreaterEqualStrategyNumber,
+                function: pg_sys::F_TIMESTAMPTZ_GE,
+                value: datum(start.into_datum()),
+            },
+            Key {
+                column: started,
+                strategy: pg_sys::BTLessStrategyNumber,
+                function: pg_sys::F_TIMESTAMPTZ_LT,
+                value: datum(end.into_datum()),
+            },
+        ];
+        let mut held: Vec<String> = Vec::new();
+        sessions.scan(self.index, &keys, &self.snapshot, |row| {
+            // The index holds started sessions only; the row is checked all the same.
+            let holds = row.get::<String>(status).as_deref() == Some("started")
+                && row
+                    .get::<TimestampWithTimeZone>(started)
+                    .is_some_and(|at| at > cutoff);
+            if holds {
+                held.extend(row.get::<String>(kind));
+            }
+            true
+        });
+        let (mut practice, mut assessments) = (0, 0);
+        for kind in held {
+            if !self.counters.contains_key(&kind) {
+                // A session's kind exists (foreign key), and kinds in use keep their
+                // counter (tally.session_kinds' rule).
+                let counter = counter_of(&self.kinds, &kind, &self.snapshot)
+                    .expect("tally: a session's kind exists");
+                self.counters.insert(kind.clone(), counter);
+            }
+            match self.counters[&kind] {
+                Counter::PracticeSessions => practice += 1,
+                Counter::Assessments => assessments += 1,
+                Counter::Unmetered => {}
+            }
         }
-        true
-    });
-    let mut counters = std::collections::HashMap::new();
-    let (mut practice, mut assessments) = (0, 0);
-    for kind in held {
-        if !counters.contains_key(&kind) {
-            let counter = counter_of(&kinds, &kind, &snapshot)?;
-            counters.insert(kind.clone(), counter);
-        }
-        match counters[&kind] {
-            Counter::PracticeSessions => practice += 1,
-            Counter::Assessments => assessments += 1,
-            Counter::Unmetered => {}
-        }
+        (practice, assessments)
     }
-    Some((practice, assessments))
 }
 
 /// The counter of session kind `kind`.

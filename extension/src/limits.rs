@@ -103,33 +103,38 @@ pub(crate) fn check_limits(
     checks: &[LimitCheck],
 ) -> TallyResult<Option<(i32, i32)>> {
     let mut both = None;
-    // One routed count per check: on Citus each reads one user's shard.
     let mut in_progress = Vec::with_capacity(checks.len());
-    let cutoff = (!checks.is_empty()).then(crate::keyed::reservation_cutoff);
+    // Read by key where tally's tables are this node's own (crate::keyed), else
+    // one routed count per check: on Citus each reads one user's shard.
+    let mut by_key = if checks.is_empty() {
+        None
+    } else {
+        crate::keyed::Reservations::here().map(|r| (r, crate::keyed::reservation_cutoff()))
+    };
     for check in checks {
-        let cutoff = cutoff.expect("computed for a check");
-        if let Some(found) =
-            crate::keyed::reservations(&check.user_id, check.period_start, check.period_end, cutoff)
-        {
-            if checks.len() == 1 {
-                both = Some(found);
+        let (practice, assessments) = match by_key.as_mut() {
+            Some((reservations, cutoff)) => reservations.count(
+                &check.user_id,
+                check.period_start,
+                check.period_end,
+                *cutoff,
+            ),
+            None => {
+                let row = run_cached(
+                    client,
+                    RESERVATIONS_SQL,
+                    &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+                    &[
+                        check.user_id.clone().into(),
+                        check.period_start.into(),
+                        check.period_end.into(),
+                    ],
+                )
+                .next()
+                .expect("a count returns a row");
+                (get(&row, 1), get(&row, 2))
             }
-            in_progress.push(check.counter.of(found.0, found.1));
-            continue;
-        }
-        let row = run_cached(
-            client,
-            RESERVATIONS_SQL,
-            &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
-            &[
-                check.user_id.clone().into(),
-                check.period_start.into(),
-                check.period_end.into(),
-            ],
-        )
-        .next()
-        .expect("a count returns a row");
-        let (practice, assessments): (i32, i32) = (get(&row, 1), get(&row, 2));
+        };
         if checks.len() == 1 {
             both = Some((practice, assessments));
         }

@@ -54,6 +54,7 @@ pub(crate) const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZO
 pub(crate) const TIMESTAMPTZ_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID);
 pub(crate) const INTERVAL_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALARRAYOID);
 pub(crate) const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+pub(crate) const INT4_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4ARRAYOID);
 pub(crate) const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
 
 /// Makes the statement's transition tables (tally_new, tally_old) visible to SPI.

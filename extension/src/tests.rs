@@ -249,8 +249,8 @@ mod tests {
             &[String::from("kamile").into(), start.into(), end.into()],
         )
         .unwrap();
-        let by_key =
-            crate::keyed::reservations("kamile", start, end, crate::keyed::reservation_cutoff());
+        let by_key = crate::keyed::Reservations::here()
+            .map(|mut r| r.count("kamile", start, end, crate::keyed::reservation_cutoff()));
         // Two practice sessions (the 3-hour-old one has expired), one assessment; the
         // warm-up counts nowhere, jonas's session is his.
         assert_eq!(by_sql, (Some(2), Some(1)));
@@ -262,10 +262,7 @@ mod tests {
     fn limits_hold_without_the_reservation_index() {
         fixtures();
         run("DROP INDEX tally.sessions_reservations_idx");
-        let now = Spi::get_one::<TimestampWithTimeZone>("SELECT now()")
-            .unwrap()
-            .unwrap();
-        assert_eq!(crate::keyed::reservations("kamile", now, now, now), None);
+        assert!(crate::keyed::Reservations::here().is_none());
         // The plan allows 2 assessments: two started ones hold both slots.
         for _ in 0..2 {
             run("INSERT INTO tally.sessions (user_id, kind, status) VALUES ('kamile', 'assessment', 'started')");
