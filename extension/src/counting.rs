@@ -32,8 +32,8 @@ use crate::limits::{check_limits, IndexOnlyPlanning, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
 use crate::spi::{
-    get, get_nullable, register_transition_tables, run_cached, INT4, INT4_ARRAY, INTERVAL_ARRAY,
-    TEXT, TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY, UUID,
+    get, get_nullable, register_transition_tables, run_cached, run_cached_as_planned, INT4,
+    INT4_ARRAY, INTERVAL_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY, UUID,
 };
 
 /// What a statement changed, one row per session row (for an UPDATE, the new completed
@@ -423,7 +423,7 @@ fn raise_many<'a>(
         practice.push(group.done.0);
         assessments.push(group.done.1);
     }
-    run_cached(
+    run_cached_as_planned(
         client,
         RAISE_MANY_SQL,
         &[
@@ -461,7 +461,7 @@ fn raise(
     practice: i32,
     assessments: i32,
 ) -> (i32, i32) {
-    let row = run_cached(
+    let row = run_cached_as_planned(
         client,
         RAISE_ONE_SQL,
         &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4, INT4],

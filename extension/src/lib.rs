@@ -65,6 +65,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
     {
         internal::reset();
         citus::reset();
+        limits::IndexOnlyPlanning::reset();
     }
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
     {

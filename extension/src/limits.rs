@@ -56,10 +56,31 @@ pub(crate) struct LimitCheck {
 /// each execution anew whenever it prefers custom; `generic` is only for statements
 /// on PostgreSQL tables of this node (Citus plans a distributed query from the
 /// parameters' values).
-pub(crate) struct IndexOnlyPlanning(std::os::raw::c_int);
+///
+/// The settings are made when the first statement that needs them runs
+/// (`IndexOnlyPlanning::apply`, called by crate::spi::run_cached): a counting call
+/// whose only statement is the counter upsert, which scans nothing, makes none.
+pub(crate) struct IndexOnlyPlanning(());
+
+thread_local! {
+    /// The plannings alive, innermost last: (generic, the GUC nest level once applied).
+    static PLANNING: std::cell::RefCell<Vec<(bool, Option<std::os::raw::c_int>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl IndexOnlyPlanning {
     pub(crate) fn begin(generic: bool) -> Self {
+        PLANNING.with(|p| p.borrow_mut().push((generic, None)));
+        IndexOnlyPlanning(())
+    }
+
+    /// Makes the innermost planning's settings, once.
+    pub(crate) fn apply() {
+        let pending = PLANNING.with(|p| match p.borrow().last() {
+            Some((generic, None)) => Some(*generic),
+            _ => None,
+        });
+        let Some(generic) = pending else { return };
         let settings: &[(&CStr, &CStr)] = if generic {
             &[
                 (c"enable_seqscan", c"off"),
@@ -69,7 +90,7 @@ impl IndexOnlyPlanning {
             &[(c"enable_seqscan", c"off")]
         };
         // SAFETY: local GUC changes inside a nest level, as a function's SET clause does.
-        unsafe {
+        let level = unsafe {
             let level = pg_sys::NewGUCNestLevel();
             for (name, value) in settings {
                 pg_sys::set_config_option(
@@ -83,15 +104,27 @@ impl IndexOnlyPlanning {
                     false,
                 );
             }
-            IndexOnlyPlanning(level)
-        }
+            level
+        };
+        PLANNING.with(|p| {
+            if let Some(last) = p.borrow_mut().last_mut() {
+                last.1 = Some(level);
+            }
+        });
+    }
+
+    /// Forgets every planning (the transaction aborted; PostgreSQL undid the settings).
+    pub(crate) fn reset() {
+        PLANNING.with(|p| p.borrow_mut().clear());
     }
 }
 
 impl Drop for IndexOnlyPlanning {
     fn drop(&mut self) {
-        // SAFETY: closes the nest level opened in begin().
-        unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+        if let Some((_, Some(level))) = PLANNING.with(|p| p.borrow_mut().pop()) {
+            // SAFETY: closes the nest level opened in apply().
+            unsafe { pg_sys::AtEOXact_GUC(true, level) };
+        }
     }
 }
 

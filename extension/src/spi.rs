@@ -14,10 +14,23 @@ thread_local! {
     static PLANS: RefCell<HashMap<Box<str>, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
-/// Runs `sql` through a plan prepared once per backend. The plan cache re-plans by
-/// itself when the tables change. In a trigger on a Citus shard, `sql` names the
-/// co-located shards instead of tally's tables (crate::citus::ShardTables).
+/// Runs `sql` through a plan prepared once per backend, planned for index lookups
+/// (crate::limits::IndexOnlyPlanning). The plan cache re-plans by itself when the
+/// tables change. In a trigger on a Citus shard, `sql` names the co-located shards
+/// instead of tally's tables (crate::citus::ShardTables).
 pub(crate) fn run_cached<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    crate::limits::IndexOnlyPlanning::apply();
+    run_cached_as_planned(client, sql, types, args)
+}
+
+/// run_cached for a statement that reads no table (an INSERT of given values, whose
+/// ON CONFLICT probes the arbiter index whatever the settings): no settings made.
+pub(crate) fn run_cached_as_planned<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
     types: &[PgOid],
