@@ -451,8 +451,10 @@ fn raise_many<'a>(
     .collect()
 }
 
-/// Adds to a usage row, creating it if needed; the upsert takes the row lock that
-/// serializes limit checks. Returns the counters after the write.
+/// Adds to a usage row, creating it if needed; the write takes the row lock that
+/// serializes limit checks. An existing row is updated by key without the executor
+/// where that means the same (crate::keyed::add_to_usage), else the upsert runs.
+/// Returns the counters after the write.
 fn raise(
     client: &mut SpiClient<'_>,
     user_id: &str,
@@ -461,6 +463,9 @@ fn raise(
     practice: i32,
     assessments: i32,
 ) -> (i32, i32) {
+    if let Some(after) = keyed::add_to_usage(user_id, start, practice, assessments) {
+        return after;
+    }
     let row = run_cached_as_planned(
         client,
         RAISE_ONE_SQL,

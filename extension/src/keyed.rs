@@ -68,6 +68,8 @@ struct Resolved {
     table: pg_sys::Oid,
     primary_key: Option<pg_sys::Oid>,
     reservations: Option<pg_sys::Oid>,
+    /// The primary key is the table's only index.
+    only_primary_key: bool,
 }
 
 thread_local! {
@@ -98,20 +100,25 @@ struct Key {
 }
 
 impl Table {
-    /// `tally.<table>`, or its co-located shard in a trigger on a Citus shard.
+    /// `tally.<table>`, or its co-located shard in a trigger on a Citus shard, to read.
     fn open(name: &'static str) -> Option<Table> {
+        Self::open_locked(name, pg_sys::AccessShareLock as _)
+    }
+
+    /// `Table::open` under `lock`.
+    fn open_locked(name: &'static str, lock: pg_sys::LOCKMODE) -> Option<Table> {
         let local = ShardTables::local(name);
         if let Some(found) = resolved(&local) {
             // SAFETY: locking processes pending invalidations; the OID is used only if
             // none of them emptied the cache (see RESOLVED).
-            unsafe { pg_sys::LockRelationOid(found.table, pg_sys::AccessShareLock as _) };
+            unsafe { pg_sys::LockRelationOid(found.table, lock) };
             if resolved(&local).is_some_and(|again| again.table == found.table) {
                 // SAFETY: locked above, and still the table of that name.
                 let relation = unsafe { pg_sys::relation_open(found.table, pg_sys::NoLock as _) };
                 return Some(Table { relation, found });
             }
         }
-        let table = Self::find(&local)?;
+        let table = Self::find(&local, lock)?;
         if !WATCHING.with(|w| w.replace(true)) {
             // SAFETY: registers a callback that only empties a cache.
             unsafe {
@@ -123,7 +130,7 @@ impl Table {
     }
 
     /// Looks the table up by name, and its indexes.
-    fn find(local: &str) -> Option<Table> {
+    fn find(local: &str, lock: pg_sys::LOCKMODE) -> Option<Table> {
         let (schema, relname) = local.split_once('.')?;
         if relname.contains('"') || schema.contains('"') {
             return None;
@@ -136,7 +143,7 @@ impl Table {
             let range = pg_sys::makeRangeVar(schema.into_raw(), relname.into_raw(), -1);
             let oid = pg_sys::RangeVarGetRelidExtended(
                 range,
-                pg_sys::AccessShareLock as _,
+                lock,
                 pg_sys::RVROption::RVR_MISSING_OK,
                 None,
                 std::ptr::null_mut(),
@@ -151,9 +158,16 @@ impl Table {
                     table: oid,
                     primary_key: None,
                     reservations: None,
+                    only_primary_key: false,
                 },
             };
             table.found.primary_key = table.primary_key_index();
+            table.found.only_primary_key = table.found.primary_key.is_some() && {
+                let list = pg_sys::RelationGetIndexList(relation);
+                let count = list.as_ref().map_or(0, |l| l.length);
+                pg_sys::list_free(list);
+                count == 1
+            };
             table.found.reservations = table.index_named("sessions_reservations_idx");
             Some(table)
         }
@@ -571,4 +585,185 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
         )
     }
     .expect("timestamptz - interval is not NULL")
+}
+
+/// Adds `practice` and `assessments` to the existing usage row of (user, period)
+/// without the executor, as `INSERT … ON CONFLICT DO UPDATE` updates it: the row's
+/// latest version locked (waiting for a concurrent writer and following its update,
+/// as READ COMMITTED does), then updated in place of the executor's ExecUpdate (a HOT
+/// update when the page has room, else with its index entry). Returns the counters
+/// after the write.
+///
+/// None, having written nothing, wherever the executor is needed for it to mean the
+/// same: no row yet (an insert, with its speculative insertion), a REPEATABLE READ
+/// or SERIALIZABLE transaction (serialization failures), a row deleted meanwhile,
+/// row triggers or more indexes on the table, another table access method, or
+/// tables that are not this node's own. The caller then runs the upsert through SPI.
+pub(crate) fn add_to_usage(
+    user_id: &str,
+    period_start: TimestampWithTimeZone,
+    practice: i32,
+    assessments: i32,
+) -> Option<(i32, i32)> {
+    // SAFETY: reads the backend's isolation level.
+    let snapshot_isolation =
+        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::os::raw::c_int;
+    if snapshot_isolation || !ShardTables::all_local() {
+        return None;
+    }
+    let usage = Table::open_locked("tally.usage", pg_sys::RowExclusiveLock as _)?;
+    let index = usage
+        .found
+        .primary_key
+        .filter(|_| usage.found.only_primary_key)?;
+    // SAFETY: the relation is open; its access method and triggers are read.
+    let plain = unsafe {
+        let relation = usage.relation;
+        let triggers = (*relation).trigdesc;
+        (*(*relation).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID
+            && (triggers.is_null()
+                || !((*triggers).trig_update_before_row
+                    || (*triggers).trig_update_after_row
+                    || (*triggers).trig_update_instead_row))
+    };
+    if !plain {
+        return None;
+    }
+    let (user, start, practice_used, assessments_used) = (
+        usage.column("user_id"),
+        usage.column("period_start"),
+        usage.column("practice_sessions_used"),
+        usage.column("assessments_used"),
+    );
+    let user_datum = user_id.into_datum()?;
+    let start_datum = period_start.into_datum()?;
+    let keys = [
+        Key {
+            column: user,
+            strategy: pg_sys::BTEqualStrategyNumber,
+            function: pg_sys::F_TEXTEQ,
+            value: user_datum,
+        },
+        Key {
+            column: start,
+            strategy: pg_sys::BTEqualStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_EQ,
+            value: start_datum,
+        },
+    ];
+    // The row as of now; its latest version is what gets locked.
+    let snapshot = StatementSnapshot::take();
+    let mut found: Option<pg_sys::ItemPointerData> = None;
+    usage.scan(index, &keys, &snapshot, |row| {
+        // SAFETY: the slot holds the row just fetched.
+        found = Some(unsafe { (*row.0).tts_tid });
+        false
+    });
+    let mut tid = found?;
+    // SAFETY: the executor's steps for ON CONFLICT DO UPDATE on a heap table, in READ
+    // COMMITTED: lock the latest version of the row (table_tuple_lock with
+    // TUPLE_LOCK_FLAG_FIND_LAST_VERSION, waiting), then heap-update that version,
+    // which this transaction now holds locked, so nothing can update it first
+    // (simple_heap_update raises if anything did); a non-HOT version gets its
+    // primary key entry, the table's only index. Slot, tuples and index are released
+    // here, or by the resource owner and memory context at abort.
+    unsafe {
+        let relation = usage.relation;
+        let slot = pg_sys::table_slot_create(relation, std::ptr::null_mut());
+        let mut failure = pg_sys::TM_FailureData::default();
+        let lock = (*(*relation).rd_tableam)
+            .tuple_lock
+            .expect("heap locks tuples");
+        let result = lock(
+            relation,
+            &mut tid,
+            snapshot.0,
+            slot,
+            pg_sys::GetCurrentCommandId(false),
+            pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+            pg_sys::LockWaitPolicy::LockWaitBlock,
+            pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
+            &mut failure,
+        );
+        if result != pg_sys::TM_Result::TM_Ok {
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            return None;
+        }
+        let row = Slot(slot);
+        let before = (
+            row.get::<i32>(practice_used)
+                .expect("tally: usage counters are not NULL"),
+            row.get::<i32>(assessments_used)
+                .expect("tally: usage counters are not NULL"),
+        );
+        if practice == 0 && assessments == 0 {
+            // Nothing to add: the row lock is what the caller needs (it serializes
+            // limit checks), as ON CONFLICT's lock would.
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            return Some(before);
+        }
+        let after = (
+            before
+                .0
+                .checked_add(practice)
+                .expect("tally: usage counter overflow"),
+            before
+                .1
+                .checked_add(assessments)
+                .expect("tally: usage counter overflow"),
+        );
+        let mut should_free = false;
+        let old = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
+        let mut columns = [practice_used as std::os::raw::c_int, assessments_used as _];
+        let mut values = [pg_sys::Datum::from(after.0), pg_sys::Datum::from(after.1)];
+        let mut nulls = [false, false];
+        let new = pg_sys::heap_modify_tuple_by_cols(
+            old,
+            (*relation).rd_att,
+            2,
+            columns.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        let mut locked = (*slot).tts_tid;
+        pg_sys::simple_heap_update(relation, &mut locked, new);
+        let heap_only = (*(*new).t_data).t_infomask2 as u32 & pg_sys::HEAP_ONLY_TUPLE != 0;
+        if !heap_only {
+            let index = pg_sys::index_open(index, pg_sys::RowExclusiveLock as _);
+            let info = pg_sys::BuildIndexInfo(index);
+            // In the index's column order.
+            let form = (*index).rd_index;
+            let mut key_values: Vec<pg_sys::Datum> = (*form)
+                .indkey
+                .values
+                .as_slice((*form).indnatts as usize)
+                .iter()
+                .map(|&column| {
+                    if column == user {
+                        user_datum
+                    } else {
+                        start_datum
+                    }
+                })
+                .collect();
+            let mut key_nulls = vec![false; key_values.len()];
+            pg_sys::index_insert(
+                index,
+                key_values.as_mut_ptr(),
+                key_nulls.as_mut_ptr(),
+                &mut (*new).t_self,
+                relation,
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+                true,
+                info,
+            );
+            pg_sys::index_close(index, pg_sys::NoLock as _);
+        }
+        pg_sys::heap_freetuple(new);
+        if should_free {
+            pg_sys::heap_freetuple(old);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        Some(after)
+    }
 }

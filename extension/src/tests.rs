@@ -272,4 +272,45 @@ mod tests {
             Some("TL001".into())
         );
     }
+
+    /// Counter rows updated by key (crate::keyed::add_to_usage) stay reachable
+    /// through their index when the new version leaves the page (not a HOT update).
+    #[pg_test]
+    fn usage_updated_by_key_off_its_page_stays_indexed() {
+        fixtures();
+        run("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
+             SELECT 'u' || i, 'fluency_builder', '2026-01-31 00:00+00' FROM generate_series(1, 400) i");
+        // One usage row per user, packed into full pages (no room kept for updates).
+        run("ALTER TABLE tally.usage SET (fillfactor = 100)");
+        run("INSERT INTO tally.sessions (user_id, kind, started_at)
+             SELECT 'u' || i, 'practice', '2026-03-05 10:00+00' FROM generate_series(1, 400) i");
+        let updates = |column: &str| {
+            Spi::get_one::<i64>(&format!("SELECT {column}('tally.usage'::regclass)"))
+                .unwrap()
+                .unwrap_or(0)
+        };
+        let (updated, hot) = (
+            updates("pg_stat_get_xact_tuples_updated"),
+            updates("pg_stat_get_xact_tuples_hot_updated"),
+        );
+        for _ in 0..5 {
+            run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('u1', 'practice', '2026-03-06 10:00+00')");
+        }
+        assert_eq!(updates("pg_stat_get_xact_tuples_updated") - updated, 5);
+        assert!(
+            updates("pg_stat_get_xact_tuples_hot_updated") - hot < 5,
+            "some update must have left its page"
+        );
+        run("SET LOCAL enable_seqscan = off");
+        run("SET LOCAL enable_bitmapscan = off");
+        assert_eq!(usage("u1", "2026-02-28 00:00+00"), (6, 0));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.usage WHERE user_id = 'u1'").unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0)
+        );
+    }
 }
