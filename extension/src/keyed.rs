@@ -597,8 +597,8 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
 /// None, having written nothing, wherever the executor is needed for it to mean the
 /// same: no row yet (an insert, with its speculative insertion), a REPEATABLE READ
 /// or SERIALIZABLE transaction (serialization failures), a row deleted meanwhile,
-/// row triggers or more indexes on the table, another table access method, or
-/// tables that are not this node's own. The caller then runs the upsert through SPI.
+/// triggers other than tally's guard or indexes other than the primary key on the
+/// table, another table access method, or tables that are not this node's own. The caller then runs the upsert through SPI.
 pub(crate) fn add_to_usage(
     user_id: &str,
     period_start: TimestampWithTimeZone,
@@ -620,11 +620,12 @@ pub(crate) fn add_to_usage(
     let plain = unsafe {
         let relation = usage.relation;
         let triggers = (*relation).trigdesc;
-        (*(*relation).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID
-            && (triggers.is_null()
-                || !((*triggers).trig_update_before_row
-                    || (*triggers).trig_update_after_row
-                    || (*triggers).trig_update_instead_row))
+        // tally's own guard is the only trigger it skips: it accepts tally's writes.
+        let own_triggers_only = triggers.is_null()
+            || std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize)
+                .iter()
+                .all(|t| CStr::from_ptr(t.tgname) == c"usage_reject_direct_write");
+        (*(*relation).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID && own_triggers_only
     };
     if !plain {
         return None;

@@ -313,4 +313,29 @@ mod tests {
             Some(0)
         );
     }
+
+    /// A trigger someone adds to tally.usage still fires for tally's counter
+    /// updates: with it, they take the upsert instead of the update by key.
+    #[pg_test]
+    fn triggers_added_to_usage_fire_for_counter_updates() {
+        fixtures();
+        run("CREATE TEMP TABLE usage_audit (user_id text, practice integer)");
+        run("CREATE FUNCTION pg_temp.audit_usage() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN INSERT INTO pg_temp.usage_audit VALUES (NEW.user_id, NEW.practice_sessions_used); RETURN NULL; END $f$");
+        run("CREATE TRIGGER usage_audit AFTER UPDATE ON tally.usage FOR EACH ROW EXECUTE FUNCTION pg_temp.audit_usage()");
+        for day in 1..=3 {
+            run(&format!(
+                "INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-{day:02} 10:00+00')"
+            ));
+        }
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (3, 0));
+        // The first session inserted the row; the next two updated it.
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT string_agg(practice::text, ',' ORDER BY practice) FROM usage_audit"
+            )
+            .unwrap(),
+            Some("2,3".into())
+        );
+    }
 }
