@@ -69,16 +69,32 @@ macro_rules! delete_changed {
     };
 }
 
-/// The three queries of the set-based path, each over one statement's transition
-/// tables and nothing else.
+/// The queries of the set-based path.
 struct Changes {
     /// The users a statement touched.
     users: &'static str,
-    /// The change per (user, period); $1..$3 the users' subscriptions, $4..$5 the
-    /// kinds, as arrays (data, not tables).
+    /// The change per (user, period), over the transition tables alone: $1..$3 the
+    /// users' subscriptions, $4..$5 the kinds, as arrays (data, not tables). Columns
+    /// 10 and 11 (the limits) are NULL: the caller has them.
     groups: &'static str,
+    /// The same where tally's tables are this node's own (one node, or the shards
+    /// co-located with the one the trigger fired on): joined with them in one pass,
+    /// limits included.
+    local_groups: &'static str,
     /// The change per learning plan.
     plans: &'static str,
+}
+
+/// A group's changes to each counter (see insert_changed!).
+macro_rules! group_sums {
+    () => {
+        "coalesce(sum(c.done) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
+       coalesce(sum(c.done) FILTER (WHERE k.counter = 'assessments'), 0)::int,
+       coalesce(sum(c.added) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
+       coalesce(sum(c.added) FILTER (WHERE k.counter = 'assessments'), 0)::int,
+       coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
+       coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'assessments'), 0)::int"
+    };
 }
 
 macro_rules! changes {
@@ -90,18 +106,34 @@ macro_rules! changes {
                 $changed,
                 r#")
 SELECT c.user_id, b.period_start, tally.period_end_for(f.anchor, f.period, b.period_start),
-       coalesce(sum(c.done) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
-       coalesce(sum(c.done) FILTER (WHERE k.counter = 'assessments'), 0)::int,
-       coalesce(sum(c.added) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
-       coalesce(sum(c.added) FILTER (WHERE k.counter = 'assessments'), 0)::int,
-       coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
-       coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'assessments'), 0)::int
+       "#,
+                group_sums!(),
+                r#",
+       NULL::int, NULL::int
   FROM changed c
   JOIN unnest($1::text[], $2::timestamptz[], $3::interval[]) AS f(user_id, anchor, period) ON f.user_id = c.user_id
   JOIN unnest($4::text[], $5::text[]) AS k(kind, counter) ON k.kind = c.kind
  CROSS JOIN LATERAL (SELECT tally.period_start_for(f.anchor, f.period, c.started_at) AS period_start) b
  WHERE k.counter <> 'none'
  GROUP BY c.user_id, b.period_start, f.anchor, f.period
+ ORDER BY 1, 2"#
+            ),
+            local_groups: concat!(
+                "WITH changed AS (",
+                $changed,
+                r#")
+SELECT c.user_id, b.period_start, tally.period_end_for(s.period_anchor, p.period, b.period_start),
+       "#,
+                group_sums!(),
+                r#",
+       p.practice_sessions_limit, p.assessments_limit
+  FROM changed c
+  JOIN tally.subscriptions s ON s.user_id = c.user_id
+  JOIN tally.plans p ON p.plan_id = s.plan_id
+  JOIN tally.session_kinds k ON k.kind = c.kind
+ CROSS JOIN LATERAL (SELECT tally.period_start_for(s.period_anchor, p.period, c.started_at) AS period_start) b
+ WHERE k.counter <> 'none'
+ GROUP BY c.user_id, b.period_start, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
  ORDER BY 1, 2"#
             ),
             plans: concat!(
@@ -263,62 +295,13 @@ entry!(
 /// group, in key order (the order every writer takes these row locks in). Returns
 /// the limit checks the groups need.
 fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> {
-    let users: Vec<String> = run_cached(client, changes.users, &[], &[])
-        .map(|row| get(&row, 1))
-        .collect();
-    // Users whose subscription is gone (a cascade from its deletion) count nowhere.
-    let reads = keyed::Tables::here();
-    let mut subscriptions = HashMap::new();
-    for user in users {
-        if let Some(found) = subscription(client, reads.as_ref(), &user) {
-            subscriptions.insert(user, found);
-        }
-    }
-    let (kinds, counters): (Vec<String>, Vec<String>) = {
-        let row = run_cached(client, KINDS_SQL, &[], &[])
-            .next()
-            .expect("an aggregate returns a row");
-        (
-            get_nullable(&row, 1).unwrap_or_default(),
-            get_nullable(&row, 2).unwrap_or_default(),
-        )
+    let groups: Vec<Group> = if ShardTables::all_local() {
+        run_cached(client, changes.local_groups, &[], &[])
+            .map(Group::from_row)
+            .collect()
+    } else {
+        groups_by_arrays(client, changes)
     };
-    let (user_ids, anchors, periods) = subscriptions.iter().fold(
-        (Vec::new(), Vec::new(), Vec::new()),
-        |(mut users, mut anchors, mut periods), (user, s)| {
-            users.push(user.clone());
-            anchors.push(s.anchor);
-            periods.push(s.period);
-            (users, anchors, periods)
-        },
-    );
-    let groups: Vec<Group> = run_cached(
-        client,
-        changes.groups,
-        &[
-            TEXT_ARRAY,
-            TIMESTAMPTZ_ARRAY,
-            INTERVAL_ARRAY,
-            TEXT_ARRAY,
-            TEXT_ARRAY,
-        ],
-        &[
-            user_ids.into(),
-            anchors.into(),
-            periods.into(),
-            kinds.into(),
-            counters.into(),
-        ],
-    )
-    .map(|row| Group {
-        user_id: get(&row, 1),
-        period_start: get(&row, 2),
-        period_end: get(&row, 3),
-        done: (get(&row, 4), get(&row, 5)),
-        added: (get(&row, 6), get(&row, 7)),
-        unheld: (get(&row, 8), get(&row, 9)),
-    })
-    .collect();
     let plans: Vec<(String, pgrx::Uuid, i32)> = run_cached(client, changes.plans, &[], &[])
         .map(|row| (get(&row, 1), get(&row, 2), get(&row, 3)))
         .collect();
@@ -351,10 +334,9 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
                         assessments,
                     ),
                 };
-            let subscription = &subscriptions[&group.user_id];
             for counter in [Counter::PracticeSessions, Counter::Assessments] {
                 let added = counter.of(group.added.0, group.added.1);
-                let limit = counter.of(subscription.practice_limit, subscription.assessments_limit);
+                let limit = counter.of(group.limits.0, group.limits.1);
                 if let (true, Some(limit)) = (enforce && added > 0, limit) {
                     checks.push(LimitCheck {
                         user_id: group.user_id.clone(),
@@ -385,6 +367,66 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> 
     checks
 }
 
+/// The groups of a statement from its transition tables alone, the users'
+/// subscriptions and the kinds passed in as arrays (where tally's tables are
+/// distributed).
+fn groups_by_arrays(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<Group> {
+    let users: Vec<String> = run_cached(client, changes.users, &[], &[])
+        .map(|row| get(&row, 1))
+        .collect();
+    // Users whose subscription is gone (a cascade from its deletion) count nowhere.
+    let reads = keyed::Tables::here();
+    let mut subscriptions = HashMap::new();
+    for user in users {
+        if let Some(found) = subscription(client, reads.as_ref(), &user) {
+            subscriptions.insert(user, found);
+        }
+    }
+    let (kinds, counters): (Vec<String>, Vec<String>) = {
+        let row = run_cached(client, KINDS_SQL, &[], &[])
+            .next()
+            .expect("an aggregate returns a row");
+        (
+            get_nullable(&row, 1).unwrap_or_default(),
+            get_nullable(&row, 2).unwrap_or_default(),
+        )
+    };
+    let (user_ids, anchors, periods) = subscriptions.iter().fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |(mut users, mut anchors, mut periods), (user, s)| {
+            users.push(user.clone());
+            anchors.push(s.anchor);
+            periods.push(s.period);
+            (users, anchors, periods)
+        },
+    );
+    run_cached(
+        client,
+        changes.groups,
+        &[
+            TEXT_ARRAY,
+            TIMESTAMPTZ_ARRAY,
+            INTERVAL_ARRAY,
+            TEXT_ARRAY,
+            TEXT_ARRAY,
+        ],
+        &[
+            user_ids.into(),
+            anchors.into(),
+            periods.into(),
+            kinds.into(),
+            counters.into(),
+        ],
+    )
+    .map(|row| {
+        let mut group = Group::from_row(row);
+        let s = &subscriptions[&group.user_id];
+        group.limits = (s.practice_limit, s.assessments_limit);
+        group
+    })
+    .collect()
+}
+
 /// The change of one statement to one user's usage in one period.
 struct Group {
     user_id: String,
@@ -394,9 +436,24 @@ struct Group {
     done: (i32, i32),
     added: (i32, i32),
     unheld: (i32, i32),
+    /// The plan's limits.
+    limits: (Option<i32>, Option<i32>),
 }
 
 impl Group {
+    /// A row of `Changes::groups` or `Changes::local_groups`.
+    fn from_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Group {
+        Group {
+            user_id: get(&row, 1),
+            period_start: get(&row, 2),
+            period_end: get(&row, 3),
+            done: (get(&row, 4), get(&row, 5)),
+            added: (get(&row, 6), get(&row, 7)),
+            unheld: (get(&row, 8), get(&row, 9)),
+            limits: (get_nullable(&row, 10), get_nullable(&row, 11)),
+        }
+    }
+
     /// Adds to its usage row (completions, or sessions that take a slot).
     fn raises(&self) -> bool {
         self.done.0 > 0 || self.done.1 > 0 || self.added.0 > 0 || self.added.1 > 0

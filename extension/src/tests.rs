@@ -338,4 +338,60 @@ mod tests {
             Some("2,3".into())
         );
     }
+
+    /// The routed path (SPI statements only, as on a Citus shard whose co-located
+    /// shards are elsewhere) counts what the local path counts.
+    #[pg_test]
+    fn routed_counting_matches_the_local_path() {
+        fixtures();
+        let mut seen = Vec::new();
+        for (routed, n) in [(false, 1), (true, 2)] {
+            let (kamile, jonas) = (format!("kamile{n}"), format!("jonas{n}"));
+            let plan = format!("6f1c2a9e-0000-4000-8000-00000000000{n}");
+            let session = format!("6f1c2a9e-0000-4000-8000-0000000000a{n}");
+            for user in [&kamile, &jonas] {
+                run(&format!("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES ('{user}', 'fluency_builder', '2026-01-31 00:00+00')"));
+            }
+            run(&format!("INSERT INTO tally.learning_plans (learning_plan_id, user_id) VALUES ('{plan}', '{kamile}')"));
+            crate::citus::routed_in_tests::ON.with(|on| on.set(routed));
+            for sql in [
+                // Many rows, two users, two periods, a learning plan.
+                format!("INSERT INTO tally.sessions (user_id, kind, learning_plan_id, started_at)
+                         SELECT '{kamile}', 'learning_plan', '{plan}'::uuid, timestamptz '2026-03-05 10:00+00' FROM generate_series(1, 3)
+                         UNION ALL SELECT '{jonas}', 'practice', NULL, timestamptz '2026-04-05 10:00+00'"),
+                // One row: a started assessment, then its completion.
+                format!("INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at)
+                         VALUES ('{session}', '{kamile}', 'assessment', 'started', now() - interval '1 minute')"),
+                format!("UPDATE tally.sessions SET status = 'completed' WHERE session_id = '{session}'"),
+                // One row deleted, then many.
+                format!("DELETE FROM tally.sessions WHERE user_id = '{jonas}'"),
+                format!("DELETE FROM tally.sessions WHERE ctid IN
+                         (SELECT ctid FROM tally.sessions WHERE user_id = '{kamile}' AND kind = 'learning_plan' LIMIT 2)"),
+            ] {
+                run(&sql);
+            }
+            // The plan allows 2 assessments: one is completed, two more are one too many.
+            let refused = error_code(&format!(
+                "INSERT INTO tally.sessions (user_id, kind, started_at) SELECT '{kamile}', 'assessment', now() FROM generate_series(1, 2)"
+            ));
+            crate::citus::routed_in_tests::ON.with(|on| on.set(false));
+            assert_eq!(refused, Some("TL001".into()), "routed: {routed}");
+            seen.push(
+                Spi::get_one::<String>(&format!(
+                    "SELECT string_agg(format('%s/%s', practice_sessions_used, assessments_used), '; ' ORDER BY user_id, period_start)
+                       || ' | ' || (SELECT completed_sessions FROM tally.learning_plans WHERE user_id = '{kamile}')
+                       FROM tally.usage WHERE user_id IN ('{kamile}', '{jonas}')"
+                ))
+                .unwrap(),
+            );
+        }
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0)
+        );
+        assert_eq!(seen[0], seen[1]);
+        // jonas's April row back to 0; kamile: the one learning-plan session left in
+        // March, the assessment in the current period; the plan counts the one left.
+        assert_eq!(seen[0].as_deref(), Some("0/0; 1/0; 0/1 | 1"));
+    }
 }
