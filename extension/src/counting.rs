@@ -81,6 +81,10 @@ struct Changes {
     /// co-located with the one the trigger fired on): joined with them in one pass,
     /// limits included.
     local_groups: &'static str,
+    /// local_groups for statements of BULK_ROWS rows or more, planned without
+    /// IndexOnlyPlanning: its plan is cached apart, made for a transition table that
+    /// large (hash joins over tally's tables instead of one index lookup per row).
+    local_groups_bulk: &'static str,
     /// The change per learning plan.
     plans: &'static str,
 }
@@ -94,6 +98,31 @@ macro_rules! group_sums {
        coalesce(sum(c.added) FILTER (WHERE k.counter = 'assessments'), 0)::int,
        coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'practice_sessions'), 0)::int,
        coalesce(sum(c.unheld) FILTER (WHERE k.counter = 'assessments'), 0)::int"
+    };
+}
+
+/// The groups query joined with tally's tables (Changes::local_groups).
+macro_rules! local_groups_sql {
+    ($changed:expr, $prefix:expr) => {
+        concat!(
+            $prefix,
+            "WITH changed AS (",
+                $changed,
+                r#")
+SELECT c.user_id, b.period_start, tally.period_end_for(s.period_anchor, p.period, b.period_start),
+       "#,
+                group_sums!(),
+                r#",
+       p.practice_sessions_limit, p.assessments_limit
+  FROM changed c
+  JOIN tally.subscriptions s ON s.user_id = c.user_id
+  JOIN tally.plans p ON p.plan_id = s.plan_id
+  JOIN tally.session_kinds k ON k.kind = c.kind
+ CROSS JOIN LATERAL (SELECT tally.period_start_for(s.period_anchor, p.period, c.started_at) AS period_start) b
+ WHERE k.counter <> 'none'
+ GROUP BY c.user_id, b.period_start, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
+ ORDER BY 1, 2"#
+            )
     };
 }
 
@@ -118,24 +147,8 @@ SELECT c.user_id, b.period_start, tally.period_end_for(f.anchor, f.period, b.per
  GROUP BY c.user_id, b.period_start, f.anchor, f.period
  ORDER BY 1, 2"#
             ),
-            local_groups: concat!(
-                "WITH changed AS (",
-                $changed,
-                r#")
-SELECT c.user_id, b.period_start, tally.period_end_for(s.period_anchor, p.period, b.period_start),
-       "#,
-                group_sums!(),
-                r#",
-       p.practice_sessions_limit, p.assessments_limit
-  FROM changed c
-  JOIN tally.subscriptions s ON s.user_id = c.user_id
-  JOIN tally.plans p ON p.plan_id = s.plan_id
-  JOIN tally.session_kinds k ON k.kind = c.kind
- CROSS JOIN LATERAL (SELECT tally.period_start_for(s.period_anchor, p.period, c.started_at) AS period_start) b
- WHERE k.counter <> 'none'
- GROUP BY c.user_id, b.period_start, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
- ORDER BY 1, 2"#
-            ),
+            local_groups: local_groups_sql!($changed, ""),
+            local_groups_bulk: local_groups_sql!($changed, "-- planned for many rows\n"),
             plans: concat!(
                 "WITH changed AS (",
                 $changed,
@@ -277,7 +290,8 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
             }
             Ok(())
         } else {
-            let checks = apply_many(client, &INSERTED);
+            let rows = rows_in(trigger.trigger_data().tg_newtable);
+            let checks = apply_many(client, &INSERTED, rows);
             check_limits(client, &checks).map(|_| ())
         }
     })?;
@@ -290,12 +304,20 @@ entry!(
     on(c"sessions", After, Statement, INSERT)
 );
 
+/// Statements changing this many rows or more are counted with plans made for bulk
+/// loads (Changes::local_groups_bulk).
+const BULK_ROWS: i64 = 10_000;
+
 /// The set-based path: the statement's changes aggregated per (user, period) and per
 /// learning plan from its transition tables alone, then one routed counter write per
 /// group, in key order (the order every writer takes these row locks in). Returns
 /// the limit checks the groups need.
-fn apply_many(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<LimitCheck> {
-    let groups: Vec<Group> = if ShardTables::all_local() {
+fn apply_many(client: &mut SpiClient<'_>, changes: &Changes, rows: i64) -> Vec<LimitCheck> {
+    let groups: Vec<Group> = if ShardTables::all_local() && rows >= BULK_ROWS {
+        run_cached_as_planned(client, changes.local_groups_bulk, &[], &[])
+            .map(Group::from_row)
+            .collect()
+    } else if ShardTables::all_local() {
         run_cached(client, changes.local_groups, &[], &[])
             .map(Group::from_row)
             .collect()
@@ -803,7 +825,11 @@ fn apply_delta(
                     .flatten();
                 apply_one(client, old.as_ref(), new.as_ref()).checks
             }
-            None => apply_many(client, changes),
+            None => {
+                let data = trigger.trigger_data();
+                let rows = rows_in(data.tg_newtable).max(rows_in(data.tg_oldtable));
+                apply_many(client, changes, rows)
+            }
         };
         check_limits(client, &checks).map(|_| ())
     })?;

@@ -278,8 +278,9 @@ mod tests {
     #[pg_test]
     fn usage_updated_by_key_off_its_page_stays_indexed() {
         fixtures();
+        run("INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '1 month')");
         run("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
-             SELECT 'u' || i, 'fluency_builder', '2026-01-31 00:00+00' FROM generate_series(1, 400) i");
+             SELECT 'u' || i, 'open', '2026-01-31 00:00+00' FROM generate_series(1, 400) i");
         // One usage row per user, packed into full pages (no room kept for updates).
         run("ALTER TABLE tally.usage SET (fillfactor = 100)");
         run("INSERT INTO tally.sessions (user_id, kind, started_at)
@@ -293,17 +294,20 @@ mod tests {
             updates("pg_stat_get_xact_tuples_updated"),
             updates("pg_stat_get_xact_tuples_hot_updated"),
         );
-        for _ in 0..5 {
+        // Versions written by this transaction cannot be pruned: enough of them fill
+        // any page, whatever room it had.
+        let n = 300;
+        for _ in 0..n {
             run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('u1', 'practice', '2026-03-06 10:00+00')");
         }
-        assert_eq!(updates("pg_stat_get_xact_tuples_updated") - updated, 5);
+        assert_eq!(updates("pg_stat_get_xact_tuples_updated") - updated, n);
         assert!(
-            updates("pg_stat_get_xact_tuples_hot_updated") - hot < 5,
+            updates("pg_stat_get_xact_tuples_hot_updated") - hot < n,
             "some update must have left its page"
         );
         run("SET LOCAL enable_seqscan = off");
         run("SET LOCAL enable_bitmapscan = off");
-        assert_eq!(usage("u1", "2026-02-28 00:00+00"), (6, 0));
+        assert_eq!(usage("u1", "2026-02-28 00:00+00"), (n as i32 + 1, 0));
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM tally.usage WHERE user_id = 'u1'").unwrap(),
             Some(1)
@@ -393,5 +397,41 @@ mod tests {
         // jonas's April row back to 0; kamile: the one learning-plan session left in
         // March, the assessment in the current period; the plan counts the one left.
         assert_eq!(seen[0].as_deref(), Some("0/0; 1/0; 0/1 | 1"));
+    }
+
+    /// A statement of BULK_ROWS rows or more takes the bulk plan: same counters, same
+    /// limits.
+    #[pg_test]
+    fn bulk_statements_count_and_check_limits_like_small_ones() {
+        fixtures();
+        run("INSERT INTO tally.plans VALUES ('unlimited', 'Unlimited', NULL, NULL, '1 month')");
+        run(
+            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
+             SELECT 'bulk' || i, 'unlimited', '2026-01-01 00:00+00' FROM generate_series(1, 100) i",
+        );
+        run("INSERT INTO tally.sessions (user_id, kind, started_at)
+             SELECT 'bulk' || (i % 100 + 1), CASE WHEN i % 4 = 0 THEN 'assessment' ELSE 'practice' END,
+                    timestamptz '2026-01-01 00:00+00' + (i % 90) * interval '1 day'
+               FROM generate_series(1, 12000) i");
+        assert_eq!(
+            Spi::get_two::<i64, i64>(
+                "SELECT sum(practice_sessions_used), sum(assessments_used) FROM tally.usage WHERE user_id LIKE 'bulk%'"
+            )
+            .unwrap(),
+            (Some(9000), Some(3000))
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0)
+        );
+        // kamile's plan allows 30 practice sessions a month: 12,000 are refused whole.
+        assert_eq!(
+            error_code(
+                "INSERT INTO tally.sessions (user_id, kind, started_at)
+                 SELECT 'kamile', 'practice', timestamptz '2026-03-05 10:00+00' FROM generate_series(1, 12000)"
+            ),
+            Some("TL001".into())
+        );
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (0, 0));
     }
 }
