@@ -279,8 +279,10 @@ mod tests {
     fn usage_updated_by_key_off_its_page_stays_indexed() {
         fixtures();
         run("INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '1 month')");
-        run("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
-             SELECT 'u' || i, 'open', '2026-01-31 00:00+00' FROM generate_series(1, 400) i");
+        run(
+            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
+             SELECT 'u' || i, 'open', '2026-01-31 00:00+00' FROM generate_series(1, 400) i",
+        );
         // One usage row per user, packed into full pages (no room kept for updates).
         run("ALTER TABLE tally.usage SET (fillfactor = 100)");
         run("INSERT INTO tally.sessions (user_id, kind, started_at)
