@@ -29,6 +29,15 @@ mod tests {
         .unwrap_or((0, 0))
     }
 
+    /// Every counter equals a recount (tally.verify() reports nothing).
+    fn assert_no_drift() {
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
+            Some(0),
+            "tally.verify() reports drift"
+        );
+    }
+
     /// The SQLSTATE `sql` fails with, or None. Runs it in a PL/pgSQL exception block: a
     /// real subtransaction, so the failed statement is rolled back as a client would see.
     fn error_code(sql: &str) -> Option<String> {
@@ -134,10 +143,7 @@ mod tests {
             Some(2)
         );
         assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (2, 1));
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
-            Some(0)
-        );
+        assert_no_drift();
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM tally.adjustments").unwrap(),
             Some(2)
@@ -168,19 +174,13 @@ mod tests {
             .unwrap(),
             Some(2000)
         );
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
-            Some(0)
-        );
+        assert_no_drift();
         run("DELETE FROM tally.sessions WHERE kind = 'assessment'");
         assert_eq!(
             Spi::get_one::<i64>("SELECT sum(assessments_used) FROM tally.usage").unwrap(),
             Some(0)
         );
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
-            Some(0)
-        );
+        assert_no_drift();
     }
 
     #[pg_test]
@@ -314,10 +314,7 @@ mod tests {
             Spi::get_one::<i64>("SELECT count(*) FROM tally.usage WHERE user_id = 'u1'").unwrap(),
             Some(1)
         );
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
-            Some(0)
-        );
+        assert_no_drift();
     }
 
     /// A trigger someone adds to tally.usage still fires for tally's counter
@@ -391,10 +388,7 @@ mod tests {
                 .unwrap(),
             );
         }
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
-            Some(0)
-        );
+        assert_no_drift();
         assert_eq!(seen[0], seen[1]);
         // jonas's April row back to 0; kamile: the one learning-plan session left in
         // March, the assessment in the current period; the plan counts the one left.
@@ -422,10 +416,7 @@ mod tests {
             .unwrap(),
             (Some(9000), Some(3000))
         );
-        assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM tally.verify()").unwrap(),
-            Some(0)
-        );
+        assert_no_drift();
         // kamile's plan allows 30 practice sessions a month: 12,000 are refused whole.
         assert_eq!(
             error_code(
