@@ -397,10 +397,10 @@ fn groups_by_arrays(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<Group>
         .map(|row| get(&row, 1))
         .collect();
     // Users whose subscription is gone (a cascade from its deletion) count nowhere.
-    let reads = keyed::Tables::here();
+    // Routed statements: tally's tables are not this node's own here.
     let mut subscriptions = HashMap::new();
     for user in users {
-        if let Some(found) = subscription(client, reads.as_ref(), &user) {
+        if let Some(found) = subscription(client, None, &user) {
             subscriptions.insert(user, found);
         }
     }

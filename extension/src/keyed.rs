@@ -1,11 +1,12 @@
-//! Reads by key, without the executor: the single changed row of a statement out of
-//! its transition table, a user's subscription and plan, a kind's counter, and the
-//! reservations in one (user, period).
+//! Reads and the counter update by key, without the executor: the single changed row
+//! of a statement out of its transition table, a user's subscription and plan, a
+//! kind's counter, the reservations in one (user, period), and the update of an
+//! existing usage row (`add_to_usage`).
 //!
-//! These are the reads of the single-row counting path (the API's and every ORM's).
-//! Through SPI each is a statement whose executor start-up costs more than the index
-//! lookup it runs; here they are index scans through PostgreSQL's access methods,
-//! with what SPI would have given them:
+//! These serve the single-row counting path (the API's and every ORM's). Through SPI
+//! each is a statement whose executor start-up costs more than the index lookup it
+//! runs; here they are index scans through PostgreSQL's access methods, with what SPI
+//! would have given them:
 //! - the snapshot of a new statement (`StatementSnapshot`: the command counter
 //!   advanced, then a fresh snapshot in READ COMMITTED, the transaction's otherwise),
 //!   so the reservation count, taken after the usage row lock, sees every session
@@ -14,8 +15,9 @@
 //! - in SERIALIZABLE transactions, the predicate locks, which the access methods take.
 //!
 //! They read tally's tables on this node: one node, or in a trigger on a Citus shard
-//! the co-located shards (crate::citus::ShardTables). Anywhere else `Tables::open`
-//! returns None and counting runs its SPI statements instead.
+//! the co-located shards (crate::citus::ShardTables). Anywhere else `Tables::here`,
+//! `Reservations::here` and `add_to_usage` return None and counting runs its SPI
+//! statements instead.
 
 use std::ffi::CStr;
 
@@ -277,28 +279,30 @@ impl Table {
         }
     }
 
-    /// The first row whose primary key equals `value` (a one-column text key).
-    fn by_text_key(
+    /// `read` of the row whose primary key, the text column `column`, equals
+    /// `value`: Some(None) when there is no such row, None when the table has no
+    /// primary key to find it by.
+    fn by_text_key<R>(
         &self,
         column: &str,
         value: &str,
         snapshot: &StatementSnapshot,
-        mut read: impl FnMut(&Slot),
-    ) -> Option<()> {
+        read: impl FnOnce(&Slot) -> R,
+    ) -> Option<Option<R>> {
         let index = self.found.primary_key?;
-        let mut found = None;
         let keys = [Key {
             column: self.column(column),
             strategy: pg_sys::BTEqualStrategyNumber,
             function: pg_sys::F_TEXTEQ,
             value: value.into_datum()?,
         }];
+        let mut read = Some(read);
+        let mut found = None;
         self.scan(index, &keys, snapshot, |slot| {
-            read(slot);
-            found = Some(());
+            found = read.take().map(|read| read(slot));
             false
         });
-        found
+        Some(found)
     }
 }
 
@@ -418,34 +422,34 @@ impl Tables {
     pub(crate) fn subscription(&self, user_id: &str) -> Option<Option<Subscription>> {
         let subscriptions = Table::open("tally.subscriptions")?;
         let plans = Table::open("tally.plans")?;
-        let mut facts = None;
         let (anchor, plan) = (
             subscriptions.column("period_anchor"),
             subscriptions.column("plan_id"),
         );
         let found = subscriptions.by_text_key("user_id", user_id, &self.snapshot, |row| {
-            facts = Some((
+            (
                 row.get::<TimestampWithTimeZone>(anchor),
                 row.get::<String>(plan),
-            ));
-        });
-        let Some((Some(anchor), Some(plan_id))) = facts.filter(|_| found.is_some()) else {
+            )
+        })?;
+        let Some((Some(anchor), Some(plan_id))) = found else {
             return Some(None);
         };
-        let mut limits = None;
         let (period, practice, assessments) = (
             plans.column("period"),
             plans.column("practice_sessions_limit"),
             plans.column("assessments_limit"),
         );
-        plans.by_text_key("plan_id", &plan_id, &self.snapshot, |row| {
-            limits = Some((
-                row.get::<Interval>(period),
-                row.get::<i32>(practice),
-                row.get::<i32>(assessments),
-            ));
-        })?;
-        let (Some(period), practice_limit, assessments_limit) = limits? else {
+        // A subscription's plan exists (foreign key): anything else is left to SPI.
+        let (Some(period), practice_limit, assessments_limit) =
+            plans.by_text_key("plan_id", &plan_id, &self.snapshot, |row| {
+                (
+                    row.get::<Interval>(period),
+                    row.get::<i32>(practice),
+                    row.get::<i32>(assessments),
+                )
+            })??
+        else {
             return None;
         };
         Some(Some(Subscription {
@@ -565,11 +569,9 @@ impl Reservations {
 /// The counter of session kind `kind`.
 fn counter_of(kinds: &Table, kind: &str, snapshot: &StatementSnapshot) -> Option<Counter> {
     let column = kinds.column("counter");
-    let mut counter = None;
-    kinds.by_text_key("kind", kind, snapshot, |row| {
-        counter = row.get::<String>(column).map(|c| Counter::from_sql(&c));
-    })?;
-    counter
+    kinds
+        .by_text_key("kind", kind, snapshot, |row| row.get::<String>(column))??
+        .map(|counter| Counter::from_sql(&counter))
 }
 
 /// `now() - tally.reservation_timeout()`: started sessions from before it no longer
@@ -598,7 +600,8 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
 /// same: no row yet (an insert, with its speculative insertion), a REPEATABLE READ
 /// or SERIALIZABLE transaction (serialization failures), a row deleted meanwhile,
 /// triggers other than tally's guard or indexes other than the primary key on the
-/// table, another table access method, or tables that are not this node's own. The caller then runs the upsert through SPI.
+/// table, another table access method, or tables that are not this node's own. The
+/// caller then runs the upsert through SPI.
 pub(crate) fn add_to_usage(
     user_id: &str,
     period_start: TimestampWithTimeZone,

@@ -28,8 +28,9 @@ pub(crate) fn run_cached<'conn>(
     run_cached_as_planned(client, sql, types, args)
 }
 
-/// run_cached for a statement that reads no table (an INSERT of given values, whose
-/// ON CONFLICT probes the arbiter index whatever the settings): no settings made.
+/// run_cached without IndexOnlyPlanning's settings: for a statement that scans no
+/// table (an INSERT of given values, whose ON CONFLICT probes the arbiter index
+/// whatever the settings), or one planned for bulk loads on purpose.
 pub(crate) fn run_cached_as_planned<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
