@@ -20,6 +20,17 @@ mod tests {
         run("INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES ('kamile', 'fluency_builder', '2026-01-31 00:00+00')");
     }
 
+    /// Users `<prefix>1` … `<prefix><count>` on a plan without limits.
+    fn users_without_limits(prefix: &str, count: i32, period: &str, anchor: &str) {
+        run(&format!(
+            "INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '{period}')"
+        ));
+        run(&format!(
+            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
+             SELECT '{prefix}' || i, 'open', '{anchor}' FROM generate_series(1, {count}) i"
+        ));
+    }
+
     fn usage(user: &str, period_start: &str) -> (i32, i32) {
         Spi::get_two_with_args::<i32, i32>(
             "SELECT practice_sessions_used, assessments_used FROM tally.usage WHERE user_id = $1 AND period_start = $2::timestamptz",
@@ -153,11 +164,7 @@ mod tests {
     #[pg_test]
     fn statement_counts_many_users_and_periods_at_once() {
         fixtures();
-        run("INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '7 days')");
-        run(
-            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
-             SELECT 'user' || i, 'open', '2026-01-05 00:00+00' FROM generate_series(1, 50) i",
-        );
+        users_without_limits("user", 50, "7 days", "2026-01-05 00:00+00");
         run("INSERT INTO tally.sessions (user_id, kind, started_at)
              SELECT 'user' || (1 + i % 50), CASE WHEN i % 4 = 0 THEN 'assessment' ELSE 'practice' END,
                     '2026-01-05 00:00+00'::timestamptz + (i % 21) * interval '1 day'
@@ -278,11 +285,7 @@ mod tests {
     #[pg_test]
     fn usage_updated_by_key_off_its_page_stays_indexed() {
         fixtures();
-        run("INSERT INTO tally.plans VALUES ('open', 'Open', NULL, NULL, '1 month')");
-        run(
-            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
-             SELECT 'u' || i, 'open', '2026-01-31 00:00+00' FROM generate_series(1, 400) i",
-        );
+        users_without_limits("u", 400, "1 month", "2026-01-31 00:00+00");
         // One usage row per user, packed into full pages (no room kept for updates).
         run("ALTER TABLE tally.usage SET (fillfactor = 100)");
         run("INSERT INTO tally.sessions (user_id, kind, started_at)
@@ -400,11 +403,7 @@ mod tests {
     #[pg_test]
     fn bulk_statements_count_and_check_limits_like_small_ones() {
         fixtures();
-        run("INSERT INTO tally.plans VALUES ('unlimited', 'Unlimited', NULL, NULL, '1 month')");
-        run(
-            "INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor)
-             SELECT 'bulk' || i, 'unlimited', '2026-01-01 00:00+00' FROM generate_series(1, 100) i",
-        );
+        users_without_limits("bulk", 100, "1 month", "2026-01-01 00:00+00");
         run("INSERT INTO tally.sessions (user_id, kind, started_at)
              SELECT 'bulk' || (i % 100 + 1), CASE WHEN i % 4 = 0 THEN 'assessment' ELSE 'practice' END,
                     timestamptz '2026-01-01 00:00+00' + (i % 90) * interval '1 day'
