@@ -14,7 +14,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 # The extension's version, and every earlier release an upgrade is tested from.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' extension/Cargo.toml)
-RELEASES := 0.1.0 0.2.0
+RELEASES := 0.1.0 0.2.0 0.3.0
 
 TEST_PORT ?= 55433
 TEST_CLUSTER := target/test-cluster
@@ -136,7 +136,8 @@ setup-citus: setup
 
 # tally distributed on a local 3-node Citus cluster: the regression files (Citus
 # expected outputs in pg_regress/citus_expected), the limit race, the in-place
-# distribution of a filled database and the end-to-end tests, all through the
+# distribution of a filled database, the in-place upgrade of a distributed one from
+# the newest earlier release and the end-to-end tests, all through the
 # coordinator. The nodes preload the library, so they restart after every install.
 # The end-to-end tests that hold on Citus too (the others manage clusters of their own,
 # or pg_dump, which a distributed tally is not backed up with). The randomized
@@ -151,6 +152,7 @@ test-citus: install setup-citus
 	tests/citus_regress.sh $(CITUS_PORT) $(CITUS_REGRESS) && \
 	tests/citus_race.sh $(CITUS_PORT) && \
 	tests/citus_inplace.sh $(CITUS_PORT) && \
+	tests/citus_upgrade.sh $(CITUS_PORT) $(lastword $(RELEASES)) $(VERSION) && \
 	cargo build -q -p tally-api && \
 	TALLY_SOAK_OPS=100 TALLY_TEST_ADMIN_URL=postgres://postgres@127.0.0.1:$(CITUS_PORT)/postgres TALLY_TEST_CITUS_PORT=$(CITUS_PORT) \
 	    cargo test -p tally-e2e --no-fail-fast $(foreach t,$(CITUS_E2E),--test $(t)) -- --test-threads=1 --skip database_down_then_up

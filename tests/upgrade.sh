@@ -46,6 +46,12 @@ for release in "$@"; do
         fail "release $release and $current print the same schema fingerprint"
     fi
     psql_at "$url" -f tests/upgrade/fill.sql >/dev/null
+    # Before the update, this library serves the release's SQL: the API's call answers
+    # with the document the release's view reads, for a user with a learning plan.
+    same=$(psql_at "$url" -c "CREATE TEMP TABLE recorded AS SELECT tally.record_session('up_kamile', 'learning_plan',
+                                     learning_plan_id => '0b000000-0000-4000-8000-000000000001') AS r" \
+                          -c "SELECT (r->'usage')::text = tally.usage_document('up_kamile')::text FROM recorded")
+    [ "$same" = t ] || fail "record_session at $release answers with another usage document than the view's"
     drift_before=$(psql_at "$url" -c "$verify_rows")
     [ -n "$drift_before" ] || fail "the fill made no drift at $release"
     counters_before=$(psql_at "$url" -c "$counters")

@@ -11,6 +11,7 @@ DECLARE
     -- Views go first, then the tables they read.
     leave_extension CONSTANT text :=
         'ALTER EXTENSION tally DROP VIEW tally.current_usage_document;
+         ALTER EXTENSION tally DROP VIEW tally.learning_plan_lists;
          ALTER EXTENSION tally DROP VIEW tally.current_usage;
          ALTER EXTENSION tally DROP VIEW tally.usage_recount;
          ALTER EXTENSION tally DROP TABLE tally.plans;

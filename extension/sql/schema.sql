@@ -166,33 +166,29 @@ LEFT JOIN LATERAL (
 ) r ON true;
 COMMENT ON VIEW tally.current_usage IS 'One row per subscription for the billing period containing now(); *_remaining subtracts reservations held by started sessions.';
 
--- The usage document the HTTP API returns, built in one place for every reader.
+-- Each user's learning plans as the usage document lists them: in the order they
+-- were created, with their progress. One row per user who has plans.
+CREATE VIEW tally.learning_plan_lists AS
+SELECT lp.user_id,
+       json_agg(json_build_object('learning_plan_id', lp.learning_plan_id,
+                                  'title', lp.title,
+                                  'completed_sessions', lp.completed_sessions,
+                                  'total_sessions', lp.total_sessions)
+                ORDER BY lp.created_at, lp.learning_plan_id) AS learning_plans
+FROM tally.learning_plans lp
+GROUP BY lp.user_id;
+COMMENT ON VIEW tally.learning_plan_lists IS 'Each user''s learning plans as tally.current_usage_document lists them (oldest first); no row for a user without plans. Filter by user_id.';
+
+-- The usage document the HTTP API returns. Its shape is tally.build_usage_document's,
+-- which also builds the document tally.record_session returns.
 CREATE VIEW tally.current_usage_document AS
 SELECT cu.user_id,
-       json_build_object(
-           'user_id', cu.user_id,
-           'plan_id', cu.plan_id,
-           'period_start', cu.period_start,
-           'period_end', cu.period_end,
-           'practice_sessions', json_build_object('used', cu.practice_sessions_used,
-                                                  'limit', cu.practice_sessions_limit,
-                                                  'remaining', cu.practice_sessions_remaining),
-           'assessments', json_build_object('used', cu.assessments_used,
-                                            'limit', cu.assessments_limit,
-                                            'remaining', cu.assessments_remaining),
-           -- Aggregated from an ordered subquery, which reads the index in order,
-           -- instead of json_agg(... ORDER BY ...), which sorts on every call.
-           'learning_plans', coalesce((
-               SELECT json_agg(plan.item)
-                 FROM (SELECT json_build_object('learning_plan_id', lp.learning_plan_id,
-                                                'title', lp.title,
-                                                'completed_sessions', lp.completed_sessions,
-                                                'total_sessions', lp.total_sessions) AS item
-                         FROM tally.learning_plans lp
-                        WHERE lp.user_id = cu.user_id
-                        ORDER BY lp.created_at, lp.learning_plan_id) plan), '[]'::json)
-       ) AS document
-FROM tally.current_usage cu;
+       tally.build_usage_document(cu.user_id, cu.plan_id, cu.period_start, cu.period_end,
+                                  cu.practice_sessions_used, cu.practice_sessions_limit, cu.practice_sessions_remaining,
+                                  cu.assessments_used, cu.assessments_limit, cu.assessments_remaining,
+                                  l.learning_plans) AS document
+FROM tally.current_usage cu
+LEFT JOIN tally.learning_plan_lists l ON l.user_id = cu.user_id;
 COMMENT ON VIEW tally.current_usage_document IS 'tally.current_usage and the user''s learning plans as one JSON document per subscription (the body of GET /v1/users/{user_id}/usage). Filter by user_id.';
 
 -- Record a session and read the counters it moved, in one call (one round trip for

@@ -358,6 +358,11 @@ impl ShardTables {
         OnShard(())
     }
 
+    /// Whether the running trigger fired on a Citus shard.
+    pub(crate) fn in_shard() -> bool {
+        CURRENT.with(|current| current.borrow().last().is_some_and(|(shard, _)| *shard))
+    }
+
     /// Whether the running trigger reaches all of tally's tables as PostgreSQL
     /// tables of this node (one node, or a shard whose co-located shards are named
     /// here), so that one query may join them with a transition table.

@@ -32,6 +32,9 @@ pub(crate) struct Counted {
     pub assessments_limit: Option<i32>,
     /// Reservations (practice, assessments), when the limit check counted them.
     pub in_progress: Option<(i32, i32)>,
+    /// Counted on a Citus shard: tally's tables under their own names are not the
+    /// ones the trigger read.
+    pub on_shard: bool,
 }
 
 pub(crate) fn remember(counted: Option<Counted>) {

@@ -286,6 +286,7 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
                     practice_limit: facts.practice_limit,
                     assessments_limit: facts.assessments_limit,
                     in_progress,
+                    on_shard: ShardTables::in_shard(),
                 }));
             }
             Ok(())

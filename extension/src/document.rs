@@ -1,43 +1,216 @@
-//! The usage document after a session was recorded (`tally.record_session`).
+//! The usage document: what the API returns for a user (`GET /v1/users/{id}/usage`,
+//! and with every recorded session).
 //!
-//! The document is `tally.current_usage_document` for the session's user. Reading that
-//! view again right after the INSERT repeats what the counting trigger has just
-//! looked up: the subscription and plan, the usage row it raised (and holds locked
-//! until commit) and the reservations its limit check counted. When the trigger's
-//! figures cover the document, it is built from them and only the learning plans are
-//! read; otherwise the view is read. Both give the same document, which
-//! `record_session.sql` checks case by case.
+//! Its shape is defined once, by `tally.build_usage_document` here. The view
+//! `tally.current_usage_document` calls it with `tally.current_usage` and the user's
+//! list from `tally.learning_plan_lists`; `tally.session_usage_document` (the
+//! document `tally.record_session` returns) calls the same Rust with the figures the
+//! INSERT's counting trigger has just seen, which spares reading again what the
+//! trigger read: the subscription and plan, the usage row it raised (and holds
+//! locked until commit) and the reservations its limit check counted. Only the
+//! learning plans are read, and not even those when the user has none.
 
-use pgrx::datum::{DatumWithOid, JsonString};
+use std::ffi::{CStr, CString};
+
+use pgrx::datum::JsonString;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::counted::{take_counted, Counted};
+use crate::keyed::Tables;
 use crate::limits::IndexOnlyPlanning;
 use crate::privilege::AsExtensionOwner;
-use crate::spi::{run_cached, INT4, TEXT, TIMESTAMPTZ};
+use crate::spi::{run_cached, TEXT};
 
-/// The view's document, from figures already known. Same keys, types and order as
-/// `tally.current_usage_document`. Runs as the view's owner with a search path of
-/// pg_catalog only, as the view itself would.
-const FROM_COUNTS_SQL: &str = r#"
-SELECT pg_catalog.json_build_object(
-           'user_id', $1,
-           'plan_id', $2,
-           'period_start', $3,
-           'period_end', $4,
-           'practice_sessions', pg_catalog.json_build_object('used', $5, 'limit', $6, 'remaining', $7),
-           'assessments', pg_catalog.json_build_object('used', $8, 'limit', $9, 'remaining', $10),
-           'learning_plans', coalesce((
-               SELECT pg_catalog.json_agg(plan.item)
-                 FROM (SELECT pg_catalog.json_build_object('learning_plan_id', lp.learning_plan_id,
-                                                           'title', lp.title,
-                                                           'completed_sessions', lp.completed_sessions,
-                                                           'total_sessions', lp.total_sessions) AS item
-                         FROM tally.learning_plans lp
-                        WHERE lp.user_id = $1
-                        ORDER BY lp.created_at, lp.learning_plan_id) plan), '[]'::pg_catalog.json))
-"#;
+/// One counter of the document.
+struct CounterFigures {
+    used: Option<i32>,
+    limit: Option<i32>,
+    remaining: Option<i32>,
+}
+
+/// What the document says, in its order.
+struct UsageDocument<'a> {
+    user_id: Option<&'a str>,
+    plan_id: Option<&'a str>,
+    period_start: Option<TimestampWithTimeZone>,
+    period_end: Option<TimestampWithTimeZone>,
+    practice_sessions: CounterFigures,
+    assessments: CounterFigures,
+    /// The list from `tally.learning_plan_lists` (JSON); None when the user has no
+    /// plans.
+    learning_plans: Option<&'a str>,
+}
+
+impl UsageDocument<'_> {
+    /// The JSON text, encoded by PostgreSQL's own JSON functions, laid out as
+    /// `json_build_object` lays out its objects.
+    fn to_json(&self) -> String {
+        let mut out = JsonText::new();
+        out.raw("{");
+        out.key("user_id", true);
+        out.text(self.user_id);
+        out.key("plan_id", false);
+        out.text(self.plan_id);
+        out.key("period_start", false);
+        out.timestamptz(self.period_start);
+        out.key("period_end", false);
+        out.timestamptz(self.period_end);
+        for (name, counter) in [
+            ("practice_sessions", &self.practice_sessions),
+            ("assessments", &self.assessments),
+        ] {
+            out.key(name, false);
+            out.raw("{");
+            out.key("used", true);
+            out.int(counter.used);
+            out.key("limit", false);
+            out.int(counter.limit);
+            out.key("remaining", false);
+            out.int(counter.remaining);
+            out.raw("}");
+        }
+        out.key("learning_plans", false);
+        out.raw(self.learning_plans.unwrap_or("[]"));
+        out.raw("}");
+        out.finish()
+    }
+}
+
+/// JSON text built in a PostgreSQL string buffer of the current memory context.
+struct JsonText(pg_sys::StringInfo);
+
+impl JsonText {
+    fn new() -> Self {
+        // SAFETY: a palloc'd buffer in the current memory context, freed with it.
+        JsonText(unsafe { pg_sys::makeStringInfo() })
+    }
+
+    fn raw(&mut self, text: &str) {
+        // SAFETY: appends `text.len()` bytes of a live &str to the buffer.
+        unsafe { pg_sys::appendBinaryStringInfo(self.0, text.as_ptr().cast(), text.len() as _) };
+    }
+
+    /// `"name" : `, after `, ` unless it is the object's first key.
+    fn key(&mut self, name: &str, first: bool) {
+        if !first {
+            self.raw(", ");
+        }
+        self.text(Some(name));
+        self.raw(" : ");
+    }
+
+    /// A string, escaped by PostgreSQL's `escape_json`; `null` for NULL.
+    fn text(&mut self, value: Option<&str>) {
+        let Some(value) = value else {
+            return self.raw("null");
+        };
+        // PostgreSQL text holds no NUL byte.
+        let value = CString::new(value).expect("tally: text without NUL bytes");
+        // SAFETY: escapes a NUL-terminated string into the buffer.
+        unsafe { pg_sys::escape_json(self.0, value.as_ptr()) };
+    }
+
+    /// A timestamptz as the JSON functions write one (ISO 8601, the session's
+    /// time zone); `null` for NULL.
+    fn timestamptz(&mut self, value: Option<TimestampWithTimeZone>) {
+        let Some(value) = value else {
+            return self.raw("null");
+        };
+        // SAFETY: JsonEncodeDateTime returns a palloc'd NUL-terminated string for a
+        // timestamptz datum (infinite ones included).
+        let encoded = unsafe {
+            let text = pg_sys::JsonEncodeDateTime(
+                std::ptr::null_mut(),
+                value.into_datum().expect("a timestamptz is a datum"),
+                pg_sys::TIMESTAMPTZOID,
+                std::ptr::null(),
+            );
+            CStr::from_ptr(text)
+        };
+        self.raw("\"");
+        self.raw(
+            encoded
+                .to_str()
+                .expect("tally: an encoded timestamp is ASCII"),
+        );
+        self.raw("\"");
+    }
+
+    fn int(&mut self, value: Option<i32>) {
+        match value {
+            Some(value) => self.raw(&value.to_string()),
+            None => self.raw("null"),
+        }
+    }
+
+    fn finish(self) -> String {
+        // SAFETY: the buffer holds the UTF-8 text appended above (escape_json and the
+        // date encoding keep the server encoding, which is UTF-8 for tally's text).
+        unsafe {
+            CStr::from_ptr((*self.0).data)
+                .to_str()
+                .expect("tally: the usage document is UTF-8")
+                .to_owned()
+        }
+    }
+}
+
+/// The usage document from its figures: the one definition of its shape.
+///
+/// Declared by hand to take and return `json`: json is stored as text, so the list
+/// comes in and the document goes out as text, without being parsed again.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION tally.build_usage_document(
+    user_id text, plan_id text, period_start timestamptz, period_end timestamptz,
+    practice_sessions_used integer, practice_sessions_limit integer, practice_sessions_remaining integer,
+    assessments_used integer, assessments_limit integer, assessments_remaining integer,
+    learning_plans json) RETURNS json
+STABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION tally.build_usage_document(text, text, timestamptz, timestamptz, integer, integer, integer, integer, integer, integer, json) IS
+    'The usage document (tally.current_usage_document) from its figures; learning_plans is the user''s list from tally.learning_plan_lists, NULL for none. STABLE: timestamps are written in the session''s time zone.';
+"#)]
+fn build_usage_document(
+    user_id: Option<&str>,
+    plan_id: Option<&str>,
+    period_start: Option<TimestampWithTimeZone>,
+    period_end: Option<TimestampWithTimeZone>,
+    practice_sessions_used: Option<i32>,
+    practice_sessions_limit: Option<i32>,
+    practice_sessions_remaining: Option<i32>,
+    assessments_used: Option<i32>,
+    assessments_limit: Option<i32>,
+    assessments_remaining: Option<i32>,
+    // json, read as the text it is stored as.
+    learning_plans: Option<&str>,
+) -> Option<String> {
+    Some(
+        UsageDocument {
+            user_id,
+            plan_id,
+            period_start,
+            period_end,
+            practice_sessions: CounterFigures {
+                used: practice_sessions_used,
+                limit: practice_sessions_limit,
+                remaining: practice_sessions_remaining,
+            },
+            assessments: CounterFigures {
+                used: assessments_used,
+                limit: assessments_limit,
+                remaining: assessments_remaining,
+            },
+            learning_plans,
+        }
+        .to_json(),
+    )
+}
+
+/// The user's list of learning plans, read as the view's owner.
+const LEARNING_PLANS_SQL: &str =
+    "SELECT l.learning_plans FROM tally.learning_plan_lists l WHERE l.user_id = $1";
 
 /// The view, read as the caller.
 const FROM_VIEW_SQL: &str =
@@ -45,9 +218,6 @@ const FROM_VIEW_SQL: &str =
 
 /// `tally.current_usage_document` of `user_id`, read right after the INSERT of
 /// `session_id` in the same transaction; NULL when the user has no subscription.
-///
-/// Declared by hand to return `json`: the text the Rust side returns is already
-/// json, and json is stored as text, so it is passed on without being parsed again.
 #[pg_extern(sql = r#"
 CREATE FUNCTION tally.session_usage_document(user_id text, session_id uuid) RETURNS json
 STRICT VOLATILE PARALLEL UNSAFE
@@ -60,66 +230,62 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made.
     let _planning = IndexOnlyPlanning::begin(false);
-    Spi::connect_mut(|client| match counted {
-        Some(counted) => {
-            let view = document_view();
-            check_select(view);
-            let _owner = AsExtensionOwner::of_relation(view);
-            let (practice_in_progress, assessments_in_progress) =
-                counted.in_progress.unwrap_or((0, 0));
-            let [practice_used, practice_limit, practice_remaining] = counter_args(
-                counted.practice_used,
-                counted.practice_limit,
-                practice_in_progress,
-            );
-            let [assessments_used, assessments_limit, assessments_remaining] = counter_args(
-                counted.assessments_used,
-                counted.assessments_limit,
-                assessments_in_progress,
-            );
-            run_cached(
-                client,
-                FROM_COUNTS_SQL,
-                &[
-                    TEXT,
-                    TEXT,
-                    TIMESTAMPTZ,
-                    TIMESTAMPTZ,
-                    INT4,
-                    INT4,
-                    INT4,
-                    INT4,
-                    INT4,
-                    INT4,
-                ],
-                &[
-                    counted.user_id.clone().into(),
-                    counted.plan_id.clone().into(),
-                    counted.period_start.into(),
-                    counted.period_end.into(),
-                    practice_used,
-                    practice_limit,
-                    practice_remaining,
-                    assessments_used,
-                    assessments_limit,
-                    assessments_remaining,
-                ],
-            )
-            .next()
-            .and_then(json_text)
-        }
-        None => run_cached(client, FROM_VIEW_SQL, &[TEXT], &[user_id.into()])
-            .next()
-            .and_then(json_text),
-    })
+    // A database still at 0.3.0 (the library is updated before ALTER EXTENSION
+    // UPDATE) has no list view: its view is read.
+    let Some(counted) = counted.filter(|_| relation_named(c"learning_plan_lists").is_some()) else {
+        return Spi::connect_mut(|client| {
+            run_cached(client, FROM_VIEW_SQL, &[TEXT], &[user_id.into()])
+                .next()
+                .and_then(json_text)
+        });
+    };
+    let view = relation_named(c"current_usage_document")
+        .unwrap_or_else(|| error!("tally.current_usage_document does not exist"));
+    check_select(view);
+    let _owner = AsExtensionOwner::of_relation(view);
+    let has_plans = (!counted.on_shard)
+        .then(Tables::here)
+        .flatten()
+        .and_then(|tables| tables.has_learning_plans(&counted.user_id));
+    let learning_plans = match has_plans {
+        Some(false) => None,
+        _ => Spi::connect_mut(|client| {
+            run_cached(client, LEARNING_PLANS_SQL, &[TEXT], &[user_id.into()])
+                .next()
+                .and_then(json_text)
+        }),
+    };
+    Some(from_counts(&counted, learning_plans.as_deref()))
 }
 
-/// One counter's `used`, `limit` and `remaining` parameters. `remaining` is computed
-/// as `tally.current_usage` does: limit - used - in progress, never below 0, and
-/// NULL when the plan has no limit.
-fn counter_args(used: i32, limit: Option<i32>, in_progress: i32) -> [DatumWithOid<'static>; 3] {
-    let remaining = limit.map(|limit| (limit - used - in_progress).max(0));
-    [used.into(), limit.into(), remaining.into()]
+/// The document from the trigger's figures. `remaining` is computed as
+/// `tally.current_usage` does: limit - used - in progress, never below 0, and NULL
+/// when the plan has no limit.
+fn from_counts(counted: &Counted, learning_plans: Option<&str>) -> String {
+    let (practice_in_progress, assessments_in_progress) = counted.in_progress.unwrap_or((0, 0));
+    let figures = |used: i32, limit: Option<i32>, in_progress: i32| CounterFigures {
+        used: Some(used),
+        limit,
+        remaining: limit.map(|limit| (limit - used - in_progress).max(0)),
+    };
+    UsageDocument {
+        user_id: Some(&counted.user_id),
+        plan_id: Some(&counted.plan_id),
+        period_start: Some(counted.period_start),
+        period_end: Some(counted.period_end),
+        practice_sessions: figures(
+            counted.practice_used,
+            counted.practice_limit,
+            practice_in_progress,
+        ),
+        assessments: figures(
+            counted.assessments_used,
+            counted.assessments_limit,
+            assessments_in_progress,
+        ),
+        learning_plans,
+    }
+    .to_json()
 }
 
 fn json_text(row: pgrx::spi::SpiHeapTupleData<'_>) -> Option<String> {
@@ -139,17 +305,14 @@ fn covers_document(counted: &Counted) -> bool {
         && (counted.in_progress.is_some() || !needs_reservations)
 }
 
-/// The OID of `tally.current_usage_document`.
-fn document_view() -> pg_sys::Oid {
+/// The OID of the relation `tally.<name>`, if there is one.
+fn relation_named(name: &CStr) -> Option<pg_sys::Oid> {
     // SAFETY: catalog lookups by name; get_namespace_oid raises if the schema is missing.
-    let view = unsafe {
+    let oid = unsafe {
         let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), false);
-        pg_sys::get_relname_relid(c"current_usage_document".as_ptr(), schema)
+        pg_sys::get_relname_relid(name.as_ptr(), schema)
     };
-    if view == pg_sys::Oid::INVALID {
-        error!("tally.current_usage_document does not exist");
-    }
-    view
+    (oid != pg_sys::Oid::INVALID).then_some(oid)
 }
 
 /// The caller must be allowed to read the view, as when reading it.

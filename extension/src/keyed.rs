@@ -465,6 +465,14 @@ impl Tables {
     pub(crate) fn counter(&self, kind: &str) -> Option<Counter> {
         counter_of(&Table::open("tally.session_kinds")?, kind, &self.snapshot)
     }
+
+    /// Whether `user_id` has learning plans; None when it cannot be read here.
+    pub(crate) fn has_learning_plans(&self, user_id: &str) -> Option<bool> {
+        let plans = Table::open("tally.learning_plans")?;
+        plans
+            .by_text_key("user_id", user_id, &self.snapshot, |_| ())
+            .map(|found| found.is_some())
+    }
 }
 
 /// Counts reservations by key (crate::limits::RESERVATIONS_SQL, without the

@@ -33,7 +33,8 @@ extension_sql_file!(
         period::period_is_valid,
         period::period_start_for,
         period::period_end_for,
-        settings::reservation_timeout
+        settings::reservation_timeout,
+        document::build_usage_document
     ]
 );
 extension_sql_file!(

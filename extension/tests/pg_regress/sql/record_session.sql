@@ -166,6 +166,39 @@ SELECT d->'practice_sessions' AS practice, d->'assessments' AS assessments, d->'
 FROM tally.usage_document('tomas') AS d;
 SELECT public.consistent();
 
+-- The document's JSON is PostgreSQL's own encoding, laid out as json_build_object
+-- lays out its objects, for every subscription: text with quotes, backslashes,
+-- control characters and non-ASCII, NULL limits, timestamps in the session's time
+-- zone. Built from the view and from a recorded session's figures alike.
+INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES
+    (E'q"u\\o\te\n\x01\u00e9', 'half', '2026-01-01 00:00+00');
+INSERT INTO tally.learning_plans (learning_plan_id, user_id, title, total_sessions) VALUES
+    ('7a000000-0000-4000-8000-000000000004', E'q"u\\o\te\n\x01\u00e9', E'Ti"tle\\ \x02 \u00fc', 3);
+SET timezone = 'Asia/Kathmandu';
+SELECT created, same_as_read, subscription_lookups FROM pg_temp.record(E'q"u\\o\te\n\x01\u00e9', 'learning_plan', plan => '7a000000-0000-4000-8000-000000000004');
+SELECT count(*) >= 6 AS several_subscriptions,
+       count(*) FILTER (WHERE d.document::text <> json_build_object(
+           'user_id', cu.user_id,
+           'plan_id', cu.plan_id,
+           'period_start', cu.period_start,
+           'period_end', cu.period_end,
+           'practice_sessions', json_build_object('used', cu.practice_sessions_used,
+                                                  'limit', cu.practice_sessions_limit,
+                                                  'remaining', cu.practice_sessions_remaining),
+           'assessments', json_build_object('used', cu.assessments_used,
+                                            'limit', cu.assessments_limit,
+                                            'remaining', cu.assessments_remaining),
+           'learning_plans', coalesce((
+               SELECT json_agg(json_build_object('learning_plan_id', lp.learning_plan_id,
+                                                 'title', lp.title,
+                                                 'completed_sessions', lp.completed_sessions,
+                                                 'total_sessions', lp.total_sessions)
+                               ORDER BY lp.created_at, lp.learning_plan_id)
+                 FROM tally.learning_plans lp WHERE lp.user_id = cu.user_id), '[]'::json))::text) AS differing,
+       count(*) FILTER (WHERE d.document::text LIKE '%+05:45"%') = count(*) AS in_session_time_zone
+FROM tally.current_usage cu JOIN tally.current_usage_document d USING (user_id);
+SET timezone = 'UTC';
+
 -- Key lookups stay key lookups: with statistics that call the tables tiny, the
 -- cached plans must still not scan the tables that grow with use. (Counted as a
 -- difference inside one transaction: the view also holds not yet flushed counts.)
