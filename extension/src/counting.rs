@@ -32,8 +32,9 @@ use crate::limits::{check_limits, IndexOnlyPlanning, LimitCheck};
 use crate::privilege::AsExtensionOwner;
 use crate::settings;
 use crate::spi::{
-    get, get_nullable, register_transition_tables, run_cached, run_cached_as_planned, INT4,
-    INT4_ARRAY, INTERVAL_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ, TIMESTAMPTZ_ARRAY, UUID,
+    get, get_nullable, register_transition_tables, run_cached, run_cached_as_planned,
+    run_cached_for_bulk, INT4, INT4_ARRAY, INTERVAL_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ,
+    TIMESTAMPTZ_ARRAY, UUID,
 };
 
 /// What a statement changed, one row per session row (for an UPDATE, the new completed
@@ -82,8 +83,10 @@ struct Changes {
     /// limits included.
     local_groups: &'static str,
     /// local_groups for statements of BULK_ROWS rows or more, planned without
-    /// IndexOnlyPlanning: its plan is cached apart, made for a transition table that
-    /// large (hash joins over tally's tables instead of one index lookup per row).
+    /// IndexOnlyPlanning and without sorts (crate::spi::run_cached_for_bulk): its
+    /// plan is cached apart, made for a transition table that large (hash joins over
+    /// tally's tables instead of one index lookup per row, groups hashed instead of
+    /// every row sorted).
     local_groups_bulk: &'static str,
     /// The change per learning plan.
     plans: &'static str,
@@ -101,18 +104,15 @@ macro_rules! group_sums {
     };
 }
 
-/// The groups query joined with tally's tables (Changes::local_groups).
+/// The groups query joined with tally's tables, over `changed` (Changes::local_groups),
+/// without its order.
 macro_rules! local_groups_sql {
-    ($changed:expr, $prefix:expr) => {
+    () => {
         concat!(
-            $prefix,
-            "WITH changed AS (",
-                $changed,
-                r#")
-SELECT c.user_id, b.period_start, tally.period_end_for(s.period_anchor, p.period, b.period_start),
+            r#"SELECT c.user_id, b.period_start, tally.period_end_for(s.period_anchor, p.period, b.period_start),
        "#,
-                group_sums!(),
-                r#",
+            group_sums!(),
+            r#",
        p.practice_sessions_limit, p.assessments_limit
   FROM changed c
   JOIN tally.subscriptions s ON s.user_id = c.user_id
@@ -120,9 +120,8 @@ SELECT c.user_id, b.period_start, tally.period_end_for(s.period_anchor, p.period
   JOIN tally.session_kinds k ON k.kind = c.kind
  CROSS JOIN LATERAL (SELECT tally.period_start_for(s.period_anchor, p.period, c.started_at) AS period_start) b
  WHERE k.counter <> 'none'
- GROUP BY c.user_id, b.period_start, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit
- ORDER BY 1, 2"#
-            )
+ GROUP BY c.user_id, b.period_start, s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit"#
+        )
     };
 }
 
@@ -147,8 +146,20 @@ SELECT c.user_id, b.period_start, tally.period_end_for(f.anchor, f.period, b.per
  GROUP BY c.user_id, b.period_start, f.anchor, f.period
  ORDER BY 1, 2"#
             ),
-            local_groups: local_groups_sql!($changed, ""),
-            local_groups_bulk: local_groups_sql!($changed, "-- planned for many rows\n"),
+            local_groups: concat!(
+                "WITH changed AS (",
+                $changed,
+                ")\n",
+                local_groups_sql!(),
+                "\n ORDER BY 1, 2"
+            ),
+            local_groups_bulk: concat!(
+                "WITH changed AS (",
+                $changed,
+                "), grouped AS MATERIALIZED (\n",
+                local_groups_sql!(),
+                ")\nSELECT * FROM grouped ORDER BY 1, 2"
+            ),
             plans: concat!(
                 "WITH changed AS (",
                 $changed,
@@ -315,7 +326,7 @@ const BULK_ROWS: i64 = 10_000;
 /// the limit checks the groups need.
 fn apply_many(client: &mut SpiClient<'_>, changes: &Changes, rows: i64) -> Vec<LimitCheck> {
     let groups: Vec<Group> = if ShardTables::all_local() && rows >= BULK_ROWS {
-        run_cached_as_planned(client, changes.local_groups_bulk, &[], &[])
+        run_cached_for_bulk(client, changes.local_groups_bulk)
             .map(Group::from_row)
             .collect()
     } else if ShardTables::all_local() {

@@ -89,23 +89,7 @@ impl IndexOnlyPlanning {
         } else {
             &[(c"enable_seqscan", c"off")]
         };
-        // SAFETY: local GUC changes inside a nest level, as a function's SET clause does.
-        let level = unsafe {
-            let level = pg_sys::NewGUCNestLevel();
-            for (name, value) in settings {
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
-            }
-            level
-        };
+        let level = crate::spi::settings_level(settings);
         PLANNING.with(|p| {
             if let Some(last) = p.borrow_mut().last_mut() {
                 last.1 = Some(level);

@@ -3,6 +3,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
+use std::os::raw::c_int;
 use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
@@ -28,9 +30,49 @@ pub(crate) fn run_cached<'conn>(
     run_cached_as_planned(client, sql, types, args)
 }
 
+/// run_cached_as_planned for a statement over a whole bulk load (BULK_ROWS rows or
+/// more of a transition table), planned with sorts disabled. A transition table has
+/// no statistics, so its joins look selective and the planner would sort every row
+/// to group them (an external merge sort of the whole load); hashed, only the groups
+/// are sorted. `sql` groups in a MATERIALIZED CTE, planned apart from the outer sort
+/// that puts the groups in key order.
+pub(crate) fn run_cached_for_bulk<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+) -> SpiTupleTable<'conn> {
+    let level = settings_level(&[(c"enable_sort", c"off")]);
+    let table = run_cached_as_planned(client, sql, &[], &[]);
+    // SAFETY: closes the nest level opened above; the statement has run (SPI keeps
+    // its rows), and an error before this point has PostgreSQL undo the level.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    table
+}
+
+/// Makes `settings` in a new GUC nest level, as a function's SET clause does, and
+/// returns the level, which the caller closes with `AtEOXact_GUC(true, level)`.
+pub(crate) fn settings_level(settings: &[(&CStr, &CStr)]) -> c_int {
+    // SAFETY: local GUC changes inside a nest level.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        level
+    }
+}
+
 /// run_cached without IndexOnlyPlanning's settings: for a statement that scans no
 /// table (an INSERT of given values, whose ON CONFLICT probes the arbiter index
-/// whatever the settings), or one planned for bulk loads on purpose.
+/// whatever the settings).
 pub(crate) fn run_cached_as_planned<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,

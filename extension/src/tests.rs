@@ -398,8 +398,8 @@ mod tests {
         assert_eq!(seen[0].as_deref(), Some("0/0; 1/0; 0/1 | 1"));
     }
 
-    /// A statement of BULK_ROWS rows or more takes the bulk plan: same counters, same
-    /// limits.
+    /// A statement of BULK_ROWS rows or more takes the bulk plan (groups hashed, in key
+    /// order): same counters, same limits, INSERT and UPDATE.
     #[pg_test]
     fn bulk_statements_count_and_check_limits_like_small_ones() {
         fixtures();
@@ -414,6 +414,20 @@ mod tests {
             )
             .unwrap(),
             (Some(9000), Some(3000))
+        );
+        assert_no_drift();
+        // A bulk UPDATE: 12,000 started sessions completed in one statement.
+        run("INSERT INTO tally.sessions (user_id, kind, status, started_at)
+             SELECT 'bulk' || (i % 100 + 1), 'practice', 'started',
+                    timestamptz '2026-01-01 00:00+00' + (i % 90) * interval '1 day'
+               FROM generate_series(1, 12000) i");
+        run("UPDATE tally.sessions SET status = 'completed' WHERE user_id LIKE 'bulk%' AND status = 'started'");
+        assert_eq!(
+            Spi::get_two::<i64, i64>(
+                "SELECT sum(practice_sessions_used), sum(assessments_used) FROM tally.usage WHERE user_id LIKE 'bulk%'"
+            )
+            .unwrap(),
+            (Some(21000), Some(3000))
         );
         assert_no_drift();
         // kamile's plan allows 30 practice sessions a month: 12,000 are refused whole.
