@@ -72,6 +72,10 @@ struct Resolved {
     reservations: Option<pg_sys::Oid>,
     /// The primary key is the table's only index.
     only_primary_key: bool,
+    /// Every trigger on the table is tally's guard against direct writes
+    /// (`tally.usage_reject_direct_write()`, on a shard too), which accepts tally's
+    /// own writes: a write by key may skip it.
+    guard_triggers_only: bool,
 }
 
 thread_local! {
@@ -161,6 +165,7 @@ impl Table {
                     primary_key: None,
                     reservations: None,
                     only_primary_key: false,
+                    guard_triggers_only: false,
                 },
             };
             table.found.primary_key = table.primary_key_index();
@@ -171,6 +176,7 @@ impl Table {
                 count == 1
             };
             table.found.reservations = table.index_named("sessions_reservations_idx");
+            table.found.guard_triggers_only = table.guard_triggers_only();
             Some(table)
         }
     }
@@ -188,6 +194,30 @@ impl Table {
             pg_sys::RelationGetPrimaryKeyIndex(self.relation)
         };
         (oid != pg_sys::Oid::INVALID).then_some(oid)
+    }
+
+    /// Whether every trigger on the table runs `tally.usage_reject_direct_write()`.
+    /// Told by the function, not the trigger's name: Citus names a shard's copy of a
+    /// trigger `<name>_<shard id>`. (Creating, dropping or renaming a trigger
+    /// invalidates the table's relcache entry, which empties RESOLVED.)
+    fn guard_triggers_only(&self) -> bool {
+        // SAFETY: the relation is open; its trigger descriptor and the catalog entries
+        // of the trigger functions are read, not kept.
+        unsafe {
+            let triggers = (*self.relation).trigdesc;
+            if triggers.is_null() {
+                return true;
+            }
+            let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
+            std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize)
+                .iter()
+                .all(|t| {
+                    let name = pg_sys::get_func_name(t.tgfoid);
+                    !name.is_null()
+                        && CStr::from_ptr(name) == c"usage_reject_direct_write"
+                        && pg_sys::get_func_namespace(t.tgfoid) == schema
+                })
+        }
     }
 
     /// The index called `name` (on a shard, `name_<shard id>`).
@@ -627,17 +657,10 @@ pub(crate) fn add_to_usage(
         .found
         .primary_key
         .filter(|_| usage.found.only_primary_key)?;
-    // SAFETY: the relation is open; its access method and triggers are read.
-    let plain = unsafe {
-        let relation = usage.relation;
-        let triggers = (*relation).trigdesc;
-        // tally's own guard is the only trigger it skips: it accepts tally's writes.
-        let own_triggers_only = triggers.is_null()
-            || std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize)
-                .iter()
-                .all(|t| CStr::from_ptr(t.tgname) == c"usage_reject_direct_write");
-        (*(*relation).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID && own_triggers_only
-    };
+    // SAFETY: the relation is open; its access method is read. tally's own guard is
+    // the only trigger a write by key skips: it accepts tally's writes.
+    let plain = unsafe { (*(*usage.relation).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID }
+        && usage.found.guard_triggers_only;
     if !plain {
         return None;
     }

@@ -417,10 +417,12 @@ mod tests {
         );
         assert_no_drift();
         // A bulk UPDATE: 12,000 started sessions completed in one statement.
-        run("INSERT INTO tally.sessions (user_id, kind, status, started_at)
+        run(
+            "INSERT INTO tally.sessions (user_id, kind, status, started_at)
              SELECT 'bulk' || (i % 100 + 1), 'practice', 'started',
                     timestamptz '2026-01-01 00:00+00' + (i % 90) * interval '1 day'
-               FROM generate_series(1, 12000) i");
+               FROM generate_series(1, 12000) i",
+        );
         run("UPDATE tally.sessions SET status = 'completed' WHERE user_id LIKE 'bulk%' AND status = 'started'");
         assert_eq!(
             Spi::get_two::<i64, i64>(
