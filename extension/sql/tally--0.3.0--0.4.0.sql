@@ -1,5 +1,6 @@
 -- tally 0.3.0 -> 0.4.0: the usage document defined once (tally.build_usage_document),
--- built by record_session from what its INSERT's counting saw. See CHANGELOG.md.
+-- built by record_session from what its INSERT's counting saw; a shorter WHEN clause
+-- on the fill-in trigger. See CHANGELOG.md.
 \echo Use "ALTER EXTENSION tally UPDATE TO '0.4.0'" to load this file. \quit
 
 -- The document's shape, in the library: the view and record_session both build it here.
@@ -54,6 +55,16 @@ BEGIN
     IF NOT member THEN
         ALTER EXTENSION tally DROP VIEW tally.current_usage_document;
         ALTER EXTENSION tally DROP VIEW tally.learning_plan_lists;
+    ELSE
+        -- The fill-in trigger's WHEN clause, which PostgreSQL parses for every
+        -- statement, is one test now; the function checks the status. A distributed
+        -- database keeps the clause its shards' copies have: the function is right
+        -- with either.
+        DROP TRIGGER sessions_fill_completed_at ON tally.sessions;
+        CREATE TRIGGER sessions_fill_completed_at
+            BEFORE INSERT ON tally.sessions
+            FOR EACH ROW WHEN (NEW.completed_at IS NULL)
+            EXECUTE FUNCTION tally.sessions_fill_completed_at();
     END IF;
 END
 $upgrade$;

@@ -40,13 +40,17 @@ fn sets_completed_at(row: PgHeapTuple<'_, AllocatedByPostgres>) -> TallyResult<p
     Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
 }
 
-/// BEFORE INSERT (only rows completed without completed_at reach it, see the WHEN clause).
+/// BEFORE INSERT: a completed session without completed_at gets one. Only rows
+/// without completed_at reach it (the WHEN clause, which PostgreSQL parses for every
+/// statement and so is kept to one test); the status is checked here.
 fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    sets_completed_at(
-        trigger
-            .new()
-            .expect("BEFORE INSERT row trigger has a new row"),
-    )
+    let new = trigger
+        .new()
+        .expect("BEFORE INSERT row trigger has a new row");
+    if column::<String>(&new, "status").as_deref() != Some("completed") {
+        return Ok(pg_sys::Datum::from(trigger.trigger_data().tg_trigtuple));
+    }
+    sets_completed_at(new)
 }
 entry!(
     tally_sessions_fill_completed_at,

@@ -13,6 +13,11 @@ INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at) VALUE
     ('66666666-0000-4000-8000-000000000001', 'ana', 'practice', 'started', '2026-10-01 10:00+00'),
     ('66666666-0000-4000-8000-000000000002', 'ana', 'practice', 'completed', '2026-10-01 11:00+00'),
     ('66666666-0000-4000-8000-000000000003', 'ana', 'practice', 'abandoned', '2026-10-01 12:00+00');
+-- Of rows without completed_at, only the completed one gets it filled in.
+SELECT status, completed_at IS NOT NULL AS has_completed_at FROM tally.sessions
+ WHERE session_id IN ('66666666-0000-4000-8000-000000000001', '66666666-0000-4000-8000-000000000002',
+                      '66666666-0000-4000-8000-000000000003')
+ ORDER BY session_id;
 -- ben's learning plan, with one completed session
 INSERT INTO tally.learning_plans (learning_plan_id, user_id, title) VALUES ('66666666-0000-4000-8000-0000000000a0', 'ben', 'Travel');
 INSERT INTO tally.sessions (user_id, kind, learning_plan_id, started_at)
