@@ -35,12 +35,15 @@ pub(crate) fn run_cached<'conn>(
 /// no statistics, so its joins look selective and the planner would sort every row
 /// to group them (an external merge sort of the whole load); hashed, only the groups
 /// are sorted. `sql` groups in a MATERIALIZED CTE, planned apart from the outer sort
-/// that puts the groups in key order.
+/// that puts the groups in key order. That sort, disabled but the only one possible,
+/// makes the plan's cost look huge: JIT compilation is turned off with it, or every
+/// bulk statement would compile and optimize its expressions first (and on Citus
+/// every shard's statement of a COPY).
 pub(crate) fn run_cached_for_bulk<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
 ) -> SpiTupleTable<'conn> {
-    let level = settings_level(&[(c"enable_sort", c"off")]);
+    let level = settings_level(&[(c"enable_sort", c"off"), (c"jit", c"off")]);
     let table = run_cached_as_planned(client, sql, &[], &[]);
     // SAFETY: closes the nest level opened above; the statement has run (SPI keeps
     // its rows), and an error before this point has PostgreSQL undo the level.
