@@ -16,9 +16,7 @@ tests/citus_db.sh "$port" "$db"
 q "DROP ROLE IF EXISTS up_writer" >/dev/null
 q "CREATE EXTENSION tally" >/dev/null
 PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 "$url" -f tests/upgrade/fill.sql >/dev/null
-verify_rows="SELECT object || ' ' || id || ' ' || coalesce(period_start::text, '-') || ' ' || counter || ' ' || stored || ' ' || actual FROM tally.verify() ORDER BY 1"
-counters="SELECT 'usage ' || user_id || ' ' || period_start || ' ' || practice_sessions_used || ' ' || assessments_used FROM tally.usage
-          UNION ALL SELECT 'plan ' || learning_plan_id || ' ' || completed_sessions FROM tally.learning_plans ORDER BY 1"
+source tests/upgrade/state.sh
 rows="SELECT (SELECT count(*) FROM tally.sessions) || ' ' || (SELECT count(*) FROM tally.subscriptions) || ' ' || (SELECT count(*) FROM tally.adjustments)"
 drift_before=$(q "$verify_rows"); counters_before=$(q "$counters"); rows_before=$(q "$rows")
 [ -n "$drift_before" ] || fail "the fill made no drift"

@@ -25,9 +25,7 @@ q "CREATE EXTENSION tally VERSION '$from'" >/dev/null
 PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 "$url" -f tests/upgrade/fill.sql >/dev/null
 q "SELECT tally.distribute(4)" >/dev/null
 
-verify_rows="SELECT object || ' ' || id || ' ' || coalesce(period_start::text, '-') || ' ' || counter || ' ' || stored || ' ' || actual FROM tally.verify() ORDER BY 1"
-counters="SELECT 'usage ' || user_id || ' ' || period_start || ' ' || practice_sessions_used || ' ' || assessments_used FROM tally.usage
-          UNION ALL SELECT 'plan ' || learning_plan_id || ' ' || completed_sessions FROM tally.learning_plans ORDER BY 1"
+source tests/upgrade/state.sh
 documents="SELECT user_id || ' ' || document::text FROM tally.current_usage_document ORDER BY user_id"
 versions="SELECT string_agg(result, ' ') FROM run_command_on_all_nodes(\$\$SELECT extversion FROM pg_extension WHERE extname = 'tally'\$\$)"
 members="SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid

@@ -18,9 +18,7 @@ fresh tally_upgrade_fresh
 psql_at "$base/tally_upgrade_fresh" -c "CREATE EXTENSION tally" >/dev/null
 psql_at "$base/tally_upgrade_fresh" -f tests/upgrade/schema_fingerprint.sql > target/upgrade/fresh.txt
 
-verify_rows="SELECT object || ' ' || id || ' ' || coalesce(period_start::text, '-') || ' ' || counter || ' ' || stored || ' ' || actual FROM tally.verify() ORDER BY 1"
-counters="SELECT 'usage ' || user_id || ' ' || period_start || ' ' || practice_sessions_used || ' ' || assessments_used FROM tally.usage
-          UNION ALL SELECT 'plan ' || learning_plan_id || ' ' || completed_sessions FROM tally.learning_plans ORDER BY 1"
+source tests/upgrade/state.sh
 # Counters that disagree with a recount by calendar month, made without tally's code.
 recount="WITH actual AS (
     SELECT x.user_id, date_trunc('month', x.started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS period_start,

@@ -402,19 +402,20 @@ mod tests {
     /// order): same counters, same limits, INSERT and UPDATE.
     #[pg_test]
     fn bulk_statements_count_and_check_limits_like_small_ones() {
+        // (practice sessions, assessments) used by the bulk users, all periods.
+        let bulk_usage = || {
+            Spi::get_two::<i64, i64>(
+                "SELECT sum(practice_sessions_used), sum(assessments_used) FROM tally.usage WHERE user_id LIKE 'bulk%'",
+            )
+            .unwrap()
+        };
         fixtures();
         users_without_limits("bulk", 100, "1 month", "2026-01-01 00:00+00");
         run("INSERT INTO tally.sessions (user_id, kind, started_at)
              SELECT 'bulk' || (i % 100 + 1), CASE WHEN i % 4 = 0 THEN 'assessment' ELSE 'practice' END,
                     timestamptz '2026-01-01 00:00+00' + (i % 90) * interval '1 day'
                FROM generate_series(1, 12000) i");
-        assert_eq!(
-            Spi::get_two::<i64, i64>(
-                "SELECT sum(practice_sessions_used), sum(assessments_used) FROM tally.usage WHERE user_id LIKE 'bulk%'"
-            )
-            .unwrap(),
-            (Some(9000), Some(3000))
-        );
+        assert_eq!(bulk_usage(), (Some(9000), Some(3000)));
         assert_no_drift();
         // A bulk UPDATE: 12,000 started sessions completed in one statement.
         run(
@@ -424,13 +425,7 @@ mod tests {
                FROM generate_series(1, 12000) i",
         );
         run("UPDATE tally.sessions SET status = 'completed' WHERE user_id LIKE 'bulk%' AND status = 'started'");
-        assert_eq!(
-            Spi::get_two::<i64, i64>(
-                "SELECT sum(practice_sessions_used), sum(assessments_used) FROM tally.usage WHERE user_id LIKE 'bulk%'"
-            )
-            .unwrap(),
-            (Some(21000), Some(3000))
-        );
+        assert_eq!(bulk_usage(), (Some(21000), Some(3000)));
         assert_no_drift();
         // kamile's plan allows 30 practice sessions a month: 12,000 are refused whole.
         assert_eq!(
