@@ -104,7 +104,11 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
             sink.finish().await.map(|_| ())
         }
         5 => {
-            // ON CONFLICT DO NOTHING against an existing session, plus a new one
+            // ON CONFLICT DO NOTHING against an existing session, plus a new one. Without
+            // a conflict target, as tally.record_session writes it: with one, a conflict
+            // found first in another unique index (sessions_session_id_key on one node,
+            // when a concurrent DELETE and re-insert of the same id race) raises 23505
+            // instead of doing nothing.
             let existing = client
                 .query_opt(
                     "SELECT session_id::text, kind, started_at::text FROM tally.sessions WHERE user_id = $1 LIMIT 1",
@@ -124,7 +128,7 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
             client
                 .batch_execute(&format!(
                     "INSERT INTO tally.sessions (session_id, user_id, kind, started_at) VALUES {rows}
-                     ON CONFLICT (user_id, session_id) DO NOTHING"
+                     ON CONFLICT DO NOTHING"
                 ))
                 .await
         }
