@@ -19,7 +19,7 @@ use pgrx::prelude::*;
 use crate::counted::{take_counted, Counted};
 use crate::keyed::Tables;
 use crate::limits::IndexOnlyPlanning;
-use crate::privilege::AsExtensionOwner;
+use crate::privilege::{AsExtensionOwner, CatalogSearchPath};
 use crate::spi::{run_cached, TEXT};
 
 /// One counter of the document.
@@ -226,6 +226,8 @@ COMMENT ON FUNCTION tally.session_usage_document(text, uuid) IS
     'tally.current_usage_document of user_id, right after the INSERT of session_id in this transaction (used by tally.record_session).';
 "#)]
 fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<String> {
+    // record_session, its caller, has no search path of its own either.
+    let _path = CatalogSearchPath::push();
     let counted = take_counted(session_id).filter(|c| c.user_id == user_id && covers_document(c));
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made.

@@ -4,17 +4,51 @@
 //! through objects of their own. Done here instead of in the function definition
 //! because a function-level SET costs a GUC save/restore and a search path
 //! recomputation on every call, which the single-row insert path cannot afford.
-//! (PushOverrideSearchPath is PostgreSQL 15's API for exactly this.)
+//! (PushOverrideSearchPath is PostgreSQL 15's API for exactly this.) `CatalogSearchPath`
+//! is the search path alone, for functions that run with the caller's rights.
 
 use std::os::raw::c_int;
 
 use pgrx::pg_sys;
 use pgrx::PgTrigger;
 
+/// A search path of pg_catalog only until dropped: the effect of `SET search_path =
+/// pg_catalog, pg_temp` on a function, without its GUC save and restore. Every name
+/// in tally's SQL is schema-qualified except pg_catalog's, whose functions and
+/// operators then cannot be shadowed by objects in a schema the caller's path lists
+/// first.
+#[must_use]
+pub struct CatalogSearchPath(());
+
+impl CatalogSearchPath {
+    pub fn push() -> Self {
+        let mut path = pg_sys::OverrideSearchPath {
+            schemas: std::ptr::null_mut(),
+            addCatalog: true,
+            addTemp: false,
+            generation: 0,
+        };
+        // SAFETY: PostgreSQL copies the path; it is popped in Drop, at the same
+        // transaction nesting level, or discarded by PostgreSQL if the transaction
+        // aborts first.
+        unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
+        CatalogSearchPath(())
+    }
+}
+
+impl Drop for CatalogSearchPath {
+    fn drop(&mut self) {
+        // SAFETY: pops the entry push() pushed.
+        unsafe { pg_sys::PopOverrideSearchPath() };
+    }
+}
+
 #[must_use]
 pub struct AsExtensionOwner {
     saved_user: pg_sys::Oid,
     saved_context: c_int,
+    // Dropped after the user is restored, in Drop.
+    _path: CatalogSearchPath,
 }
 
 impl AsExtensionOwner {
@@ -50,26 +84,20 @@ impl AsExtensionOwner {
                 owner,
                 saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int,
             );
-            let mut path = pg_sys::OverrideSearchPath {
-                schemas: std::ptr::null_mut(),
-                addCatalog: true,
-                addTemp: false,
-                generation: 0,
-            };
-            pg_sys::PushOverrideSearchPath(&mut path);
         }
         AsExtensionOwner {
             saved_user,
             saved_context,
+            _path: CatalogSearchPath::push(),
         }
     }
 }
 
 impl Drop for AsExtensionOwner {
     fn drop(&mut self) {
-        // SAFETY: undoes exactly what switch_to did, in reverse order.
+        // SAFETY: restores the user switch_to saved; the search path is popped
+        // when the field is dropped, right after.
         unsafe {
-            pg_sys::PopOverrideSearchPath();
             pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);
         }
     }

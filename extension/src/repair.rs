@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::internal::InternalWrite;
+use crate::privilege::CatalogSearchPath;
 
 /// Every counter that disagrees with a recount from tally.sessions.
 const VERIFY_SQL: &str = r#"
@@ -81,7 +82,10 @@ pub fn verify() -> TableIterator<
         name!(actual, i64),
     ),
 > {
-    let rows = Spi::connect_mut(find_drift);
+    let rows = {
+        let _path = CatalogSearchPath::push();
+        Spi::connect_mut(find_drift)
+    };
     TableIterator::new(rows.into_iter().map(|d| {
         (
             d.object,

@@ -174,9 +174,22 @@ CREATE OPERATOR sec_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = sec_evil
 CREATE FUNCTION sec_evil.uuideq(uuid, uuid) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE 'hijacked uuid ='; END $$;
 CREATE OPERATOR sec_evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = sec_evil.uuideq);
 CREATE FUNCTION sec_evil.current_setting(text, boolean) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RAISE 'hijacked current_setting'; END $$;
+-- record_session has no search path of its own (it would cost every call a GUC
+-- save and restore): every function and operator in it is qualified.
+CREATE FUNCTION sec_evil.timestamptz_lt(timestamptz, timestamptz) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE 'hijacked timestamptz <'; END $$;
+CREATE OPERATOR sec_evil.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = sec_evil.timestamptz_lt);
+CREATE FUNCTION sec_evil.row_to_json(record) RETURNS json LANGUAGE plpgsql AS $$ BEGIN RAISE 'hijacked row_to_json'; END $$;
+CREATE FUNCTION sec_evil.json_build_object(text, boolean, text, json, text, json) RETURNS json LANGUAGE plpgsql AS $$ BEGIN RAISE 'hijacked json_build_object'; END $$;
 SET search_path = sec_evil, pg_catalog;
 SELECT (tally.record_session('sec_ann', 'practice', '5ec00000-0000-4000-8000-0000000000e1', started_at => '2026-03-01 10:00+00'))->>'created' AS created;
 SELECT (tally.record_session('sec_ann', 'practice', '5ec00000-0000-4000-8000-0000000000e1', started_at => '2026-03-01 10:00+00'))->>'created' AS retried;
+SELECT (tally.record_session('sec_ann', 'practice', status => 'abandoned',
+                             started_at => pg_catalog.now() - interval '10 minutes',
+                             not_before => pg_catalog.now() - interval '24 hours'))->>'created' AS backdated;
+\set VERBOSITY sqlstate
+SELECT tally.record_session('sec_ann', 'practice', started_at => '2026-03-01 10:00+00',
+                            not_before => pg_catalog.now() - interval '24 hours');
+\set VERBOSITY default
 SELECT tally.usage_document('sec_ann') IS NOT NULL AS document;
 SELECT tally.reservation_timeout();
 SELECT count(*) AS current_usage_rows FROM tally.current_usage WHERE user_id OPERATOR(pg_catalog.=) 'sec_ann';
