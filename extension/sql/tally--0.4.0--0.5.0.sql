@@ -36,31 +36,33 @@ $fn$;
 COMMENT ON FUNCTION tally.refuse_backdating(text, timestamptz, timestamptz) IS
     'record_session''s backdating bound: raises TL008 when started_at lies before not_before or before the user''s current billing period.';
 
--- The stored session with this id, for record_session's retry: the user's own, else
--- (on one node session ids are unique across users, sessions_session_id_key) another
--- user's, which the caller must refuse; on Citus ids are unique per user. NULL when
--- there is none. Planned for key lookups, as refuse_backdating.
-CREATE FUNCTION tally.existing_session(user_id text, session_id uuid)
-RETURNS tally.sessions
+-- The stored session with this id, for record_session's retry, as row_to_json
+-- writes it, and its user: the user's own, else (on one node session ids are unique
+-- across users, sessions_session_id_key) another user's, which the caller must
+-- refuse; on Citus ids are unique per user. NULLs when there is none. Planned for key
+-- lookups, as refuse_backdating. It returns JSON, not a tally.sessions row:
+-- tally.distribute() drops the workers' own copies of the tables with CASCADE, which
+-- would take a function typed by a table's row along, and the extension with it.
+CREATE FUNCTION tally.existing_session(user_id text, session_id uuid, OUT stored json, OUT stored_user_id text)
 -- VOLATILE: each statement reads with a snapshot of its own, so a row committed
 -- since the INSERT met it is seen.
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    stored tally.sessions;
 BEGIN
-    SELECT x.* INTO stored FROM tally.sessions x
+    SELECT row_to_json(x), x.user_id INTO existing_session.stored, existing_session.stored_user_id
+      FROM tally.sessions x
      WHERE x.user_id = existing_session.user_id AND x.session_id = existing_session.session_id;
     IF NOT FOUND THEN
-        SELECT x.* INTO stored FROM tally.sessions x WHERE x.session_id = existing_session.session_id;
+        SELECT row_to_json(x), x.user_id INTO existing_session.stored, existing_session.stored_user_id
+          FROM tally.sessions x
+         WHERE x.session_id = existing_session.session_id;
     END IF;
-    RETURN stored;
 END
 $fn$;
 COMMENT ON FUNCTION tally.existing_session(text, uuid) IS
-    'The stored session with this id: the user''s own, else another user''s; NULL when there is none (record_session''s retry).';
+    'The stored session with this id as JSON, and its user: the user''s own, else another user''s; NULLs when there is none (record_session''s retry).';
 
 -- Record a session and read the counters it moved, in one call (one round trip for
 -- clients). Counting is done by the triggers as for any INSERT; this adds only the
@@ -88,8 +90,9 @@ LANGUAGE plpgsql VOLATILE
 AS $fn$
 #variable_conflict use_column
 DECLARE
-    stored tally.sessions;
-    created boolean;
+    inserted tally.sessions;
+    stored json;
+    stored_user_id text;
 BEGIN
     IF record_session.not_before IS NOT NULL
        AND record_session.started_at OPERATOR(pg_catalog.<) pg_catalog.now() THEN
@@ -104,7 +107,7 @@ BEGIN
         VALUES (record_session.user_id, record_session.kind, record_session.learning_plan_id,
                 record_session.status, coalesce(record_session.started_at, pg_catalog.now()),
                 record_session.completed_at, record_session.duration_seconds)
-        RETURNING x.* INTO stored;
+        RETURNING x.* INTO inserted;
     ELSE
         INSERT INTO tally.sessions AS x
                (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
@@ -113,21 +116,23 @@ BEGIN
                 coalesce(record_session.started_at, pg_catalog.now()),
                 record_session.completed_at, record_session.duration_seconds)
         ON CONFLICT DO NOTHING
-        RETURNING x.* INTO stored;
-    END IF;
-    created := FOUND;
-    IF NOT created THEN
-        -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
-        -- meanwhile leaves nothing to return.
-        stored := tally.existing_session(record_session.user_id, record_session.session_id);
-        IF stored.session_id IS NULL THEN
-            RETURN NULL;
-        END IF;
+        RETURNING x.* INTO inserted;
     END IF;
     -- The usage after the write: built from what the INSERT's counting trigger saw
     -- when that covers it, else read from tally.current_usage_document.
-    RETURN pg_catalog.json_build_object('created', created, 'session', pg_catalog.row_to_json(stored),
-                                        'usage', tally.session_usage_document(stored.user_id, stored.session_id));
+    IF FOUND THEN
+        RETURN pg_catalog.json_build_object('created', true, 'session', pg_catalog.row_to_json(inserted),
+                                            'usage', tally.session_usage_document(inserted.user_id, inserted.session_id));
+    END IF;
+    -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
+    -- meanwhile leaves nothing to return.
+    SELECT e.stored, e.stored_user_id INTO stored, stored_user_id
+      FROM tally.existing_session(record_session.user_id, record_session.session_id) AS e;
+    IF stored IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN pg_catalog.json_build_object('created', false, 'session', stored,
+                                        'usage', tally.session_usage_document(stored_user_id, record_session.session_id));
 END
 $fn$;
 COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer, timestamptz) IS
