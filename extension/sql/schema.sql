@@ -217,9 +217,10 @@ LANGUAGE plpgsql VOLATILE
 AS $fn$
 #variable_conflict use_column
 DECLARE
+    -- Type names too: the caller's temporary schema comes first for them.
     inserted tally.sessions;
-    stored json;
-    stored_user_id text;
+    stored pg_catalog.json;
+    stored_user_id pg_catalog.text;
 BEGIN
     IF record_session.not_before IS NOT NULL
        AND record_session.started_at OPERATOR(pg_catalog.<) pg_catalog.now() THEN

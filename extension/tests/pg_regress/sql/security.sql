@@ -195,6 +195,20 @@ SELECT tally.reservation_timeout();
 SELECT count(*) AS current_usage_rows FROM tally.current_usage WHERE user_id OPERATOR(pg_catalog.=) 'sec_ann';
 RESET search_path;
 RESET ROLE;
+-- The caller's temporary schema comes first for type names: record_session's own
+-- variables have qualified types. In a new session, since PL/pgSQL resolves them
+-- when it first compiles the function there.
+\c
+SET client_min_messages = warning;
+SET ROLE sec_writer;
+-- (Citus warns that it keeps temporary types on the coordinator.)
+SET client_min_messages = error;
+CREATE TYPE pg_temp.json AS (hijacked integer);
+CREATE TYPE pg_temp.text AS (hijacked integer);
+SET client_min_messages = warning;
+SELECT (tally.record_session('sec_ann', 'practice', '5ec00000-0000-4000-8000-0000000000e1', started_at => '2026-03-01 10:00+00'))->>'created' AS retried_with_temp_types;
+SELECT (tally.record_session('sec_ann', 'practice', status => 'abandoned'))->>'created' AS created_with_temp_types;
+RESET ROLE;
 
 SELECT count(*) AS drift FROM tally.verify();
 DROP SCHEMA sec_evil CASCADE;
