@@ -226,8 +226,6 @@ COMMENT ON FUNCTION tally.session_usage_document(text, uuid) IS
     'tally.current_usage_document of user_id, right after the INSERT of session_id in this transaction (used by tally.record_session).';
 "#)]
 fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<String> {
-    // record_session, its caller, has no search path of its own either.
-    let _path = CatalogSearchPath::push();
     let counted = take_counted(session_id).filter(|c| c.user_id == user_id && covers_document(c));
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made.
@@ -235,6 +233,10 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
     // A database still at 0.3.0 (the library is updated before ALTER EXTENSION
     // UPDATE) has no list view: its view is read.
     let Some(counted) = counted.filter(|_| relation_named(c"learning_plan_lists").is_some()) else {
+        // Read with the caller's rights, as the view is; the names in the statement
+        // are resolved in pg_catalog (record_session, the caller, has no search path
+        // of its own). The read below runs as the view's owner, with the same path.
+        let _path = CatalogSearchPath::push();
         return Spi::connect_mut(|client| {
             run_cached(client, FROM_VIEW_SQL, &[TEXT], &[user_id.into()])
                 .next()
