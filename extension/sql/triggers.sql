@@ -51,6 +51,12 @@ CREATE FUNCTION tally.plans_rebucket() RETURNS trigger
 LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'tally_plans_rebucket';
 
+CREATE FUNCTION tally.forget_plans() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tally_forget_plans';
+
+CREATE FUNCTION tally.forget_session_kinds() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tally_forget_session_kinds';
+
 -- sessions ------------------------------------------------------------------
 
 -- Only rows without completed_at reach the function (imports that carry it never
@@ -123,6 +129,19 @@ CREATE TRIGGER plans_rebucket
     FOR EACH ROW WHEN (OLD.period IS DISTINCT FROM NEW.period)
     EXECUTE FUNCTION tally.plans_rebucket();
 
+-- Counting keeps plans and kinds per connection (extension/src/reference.rs): any
+-- write to either table tells every connection to forget them. ENABLE ALWAYS: the
+-- cache must hear of writes made under session_replication_role = replica too.
+CREATE TRIGGER plans_forget
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON tally.plans
+    FOR EACH STATEMENT EXECUTE FUNCTION tally.forget_plans();
+ALTER TABLE tally.plans ENABLE ALWAYS TRIGGER plans_forget;
+
+CREATE TRIGGER session_kinds_forget
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON tally.session_kinds
+    FOR EACH STATEMENT EXECUTE FUNCTION tally.forget_session_kinds();
+ALTER TABLE tally.session_kinds ENABLE ALWAYS TRIGGER session_kinds_forget;
+
 -- repair writes counters on the caller's behalf; only roles granted EXECUTE may run it.
 REVOKE ALL ON FUNCTION tally.repair() FROM PUBLIC;
 
@@ -136,5 +155,6 @@ REVOKE ALL ON FUNCTION
     tally.sessions_reject_truncate(), tally.usage_reject_direct_write(),
     tally.learning_plans_guard_counter(), tally.learning_plans_keep_completed(),
     tally.session_kinds_check_counter(), tally.subscriptions_rebucket(),
-    tally.subscriptions_drop_usage(), tally.plans_rebucket()
+    tally.subscriptions_drop_usage(), tally.plans_rebucket(),
+    tally.forget_plans(), tally.forget_session_kinds()
 FROM PUBLIC;

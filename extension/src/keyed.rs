@@ -27,6 +27,7 @@ use pgrx::prelude::*;
 
 use crate::citus::ShardTables;
 use crate::counter::Counter;
+use crate::reference;
 
 /// A snapshot as a new SPI statement takes it, registered until dropped.
 pub(crate) struct StatementSnapshot(pg_sys::Snapshot);
@@ -76,6 +77,10 @@ struct Resolved {
     /// (`tally.usage_reject_direct_write()`, on a shard too), which accepts tally's
     /// own writes: a write by key may skip it.
     guard_triggers_only: bool,
+    /// The table carries its forget trigger (`tally.forget_plans()` or
+    /// `tally.forget_session_kinds()`), enabled ALWAYS: what is read from it may be
+    /// kept (crate::reference).
+    forgets_on_write: bool,
 }
 
 thread_local! {
@@ -166,6 +171,7 @@ impl Table {
                     reservations: None,
                     only_primary_key: false,
                     guard_triggers_only: false,
+                    forgets_on_write: false,
                 },
             };
             table.found.primary_key = table.primary_key_index();
@@ -177,6 +183,7 @@ impl Table {
             };
             table.found.reservations = table.index_named("sessions_reservations_idx");
             table.found.guard_triggers_only = table.guard_triggers_only();
+            table.found.forgets_on_write = table.forgets_on_write();
             Some(table)
         }
     }
@@ -215,6 +222,33 @@ impl Table {
                     let name = pg_sys::get_func_name(t.tgfoid);
                     !name.is_null()
                         && CStr::from_ptr(name) == c"usage_reject_direct_write"
+                        && pg_sys::get_func_namespace(t.tgfoid) == schema
+                })
+        }
+    }
+
+    /// Whether a trigger on the table runs `tally.forget_plans()` or
+    /// `tally.forget_session_kinds()` and is enabled ALWAYS. Not so on a database
+    /// before 0.6.0 (the library serves it until its update), where the owner
+    /// disabled or re-enabled it, or on Citus placements. (Creating, altering or
+    /// dropping a trigger invalidates the table's relcache entry, which empties
+    /// RESOLVED and crate::reference alike.)
+    fn forgets_on_write(&self) -> bool {
+        // SAFETY: as in guard_triggers_only.
+        unsafe {
+            let triggers = (*self.relation).trigdesc;
+            if triggers.is_null() {
+                return false;
+            }
+            let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
+            std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize)
+                .iter()
+                .any(|t| {
+                    let name = pg_sys::get_func_name(t.tgfoid);
+                    t.tgenabled as u8 == pg_sys::TRIGGER_FIRES_ALWAYS
+                        && !name.is_null()
+                        && [c"forget_plans", c"forget_session_kinds"]
+                            .contains(&CStr::from_ptr(name))
                         && pg_sys::get_func_namespace(t.tgfoid) == schema
                 })
         }
@@ -433,16 +467,23 @@ pub(crate) struct Subscription {
     pub plan_id: String,
 }
 
-/// Reads by key in tally's tables on this node, with one statement snapshot.
+/// Reads by key in tally's tables on this node, with one statement snapshot; plans
+/// and kinds are answered from crate::reference once read.
 pub(crate) struct Tables {
+    /// Taken before the snapshot: what is read with it may be kept.
+    since: reference::Generation,
     snapshot: StatementSnapshot,
 }
 
 impl Tables {
     /// None where tally's tables are not this node's own (counting then uses SPI).
     pub(crate) fn here() -> Option<Tables> {
-        ShardTables::all_local().then(|| Tables {
-            snapshot: StatementSnapshot::take(),
+        ShardTables::all_local().then(|| {
+            let since = reference::Generation::now();
+            Tables {
+                since,
+                snapshot: StatementSnapshot::take(),
+            }
         })
     }
 
@@ -451,7 +492,6 @@ impl Tables {
     /// here.
     pub(crate) fn subscription(&self, user_id: &str) -> Option<Option<Subscription>> {
         let subscriptions = Table::open("tally.subscriptions")?;
-        let plans = Table::open("tally.plans")?;
         let (anchor, plan) = (
             subscriptions.column("period_anchor"),
             subscriptions.column("plan_id"),
@@ -465,6 +505,29 @@ impl Tables {
         let Some((Some(anchor), Some(plan_id))) = found else {
             return Some(None);
         };
+        let plan = match reference::plan(&plan_id) {
+            Some(kept) => kept,
+            None => {
+                let (plan, keep) = self.plan(&plan_id)?;
+                if keep {
+                    reference::keep_plan(self.since, &plan_id, plan);
+                }
+                plan
+            }
+        };
+        Some(Some(Subscription {
+            anchor,
+            period: plan.period,
+            practice_limit: plan.practice_limit,
+            assessments_limit: plan.assessments_limit,
+            plan_id,
+        }))
+    }
+
+    /// The plan `plan_id`, read, and whether it may be kept; None when it cannot be
+    /// read here.
+    fn plan(&self, plan_id: &str) -> Option<(reference::Plan, bool)> {
+        let plans = Table::open("tally.plans")?;
         let (period, practice, assessments) = (
             plans.column("period"),
             plans.column("practice_sessions_limit"),
@@ -472,7 +535,7 @@ impl Tables {
         );
         // A subscription's plan exists (foreign key): anything else is left to SPI.
         let (Some(period), practice_limit, assessments_limit) =
-            plans.by_text_key("plan_id", &plan_id, &self.snapshot, |row| {
+            plans.by_text_key("plan_id", plan_id, &self.snapshot, |row| {
                 (
                     row.get::<Interval>(period),
                     row.get::<i32>(practice),
@@ -482,18 +545,25 @@ impl Tables {
         else {
             return None;
         };
-        Some(Some(Subscription {
-            anchor,
+        let plan = reference::Plan {
             period,
             practice_limit,
             assessments_limit,
-            plan_id,
-        }))
+        };
+        Some((plan, plans.found.forgets_on_write))
     }
 
     /// The counter of session kind `kind`; None when it cannot be read here.
     pub(crate) fn counter(&self, kind: &str) -> Option<Counter> {
-        counter_of(&Table::open("tally.session_kinds")?, kind, &self.snapshot)
+        if let Some(kept) = reference::counter(kind) {
+            return Some(kept);
+        }
+        let kinds = Table::open("tally.session_kinds")?;
+        let counter = counter_of(&kinds, kind, &self.snapshot)?;
+        if kinds.found.forgets_on_write {
+            reference::keep_counter(self.since, kind, counter);
+        }
+        Some(counter)
     }
 
     /// Whether `user_id` has learning plans; None when it cannot be read here.

@@ -19,6 +19,7 @@ mod limits;
 mod period;
 mod privilege;
 mod rebucket;
+mod reference;
 mod repair;
 mod sessions;
 mod settings;

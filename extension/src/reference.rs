@@ -1,0 +1,155 @@
+//! Plans and session kinds, kept per connection for the single-row counting path.
+//!
+//! Every counted row needs its plan's period and limits and its kind's counter: two
+//! index lookups per row through tally's tables, for rows that change rarely (a
+//! handful of plans and kinds against millions of sessions). They are kept here
+//! after the first read, and forgotten on any relcache invalidation:
+//! - tally's triggers on `tally.plans` and `tally.session_kinds` send one for the
+//!   table on every INSERT, UPDATE, DELETE or TRUNCATE (`forget_plans`,
+//!   `forget_session_kinds`, before the statement, `ENABLE ALWAYS` so that they fire
+//!   under `session_replication_role = replica` too). Other backends receive it when
+//!   the writing transaction commits, before it releases its locks; this backend at
+//!   its next command (`CommandCounterIncrement`), and again if it rolls back.
+//! - DDL on any table, an overflowed invalidation queue and the like send one too:
+//!   the cache is emptied more often than needed, never less.
+//!
+//! A reader calls `AcceptInvalidationMessages` before using the cache, after the
+//! statement snapshot it reads tally's tables with. A committed change is answered
+//! from the cache only in the moment between its commit becoming visible and its
+//! invalidation being sent, before its writer is told it committed: as if it had
+//! committed a moment later. The changes that counting must serialise with still
+//! do: a plan's new period and a kind's new counter lock rows that the inserting
+//! statement's foreign key checks lock too (crate::rebucket, crate::guards), and
+//! the writer sends its invalidation before it releases those locks.
+//!
+//! A value read with a snapshot can be older than an invalidation processed while it
+//! was read (a commit between the snapshot and the read): `Generation` counts the
+//! invalidations, and a value is kept only if none arrived since before its
+//! snapshot was taken.
+//!
+//! Values are kept only from a table that carries its forget trigger enabled ALWAYS
+//! (crate::keyed checks the trigger when it resolves the table): not from a database
+//! before 0.6.0, which the library serves until its update; not while the owner has
+//! the trigger disabled or enabled otherwise; and not on Citus placements, where
+//! `tally.distribute()` re-enables the copied triggers as ordinary ones and a database
+//! distributed before 0.6.0 has none (its update cannot add them there: Citus would
+//! create them on the workers before their own update had created the functions).
+//! Adding, altering or dropping a trigger invalidates the table, which empties the
+//! cache.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgTrigger};
+
+use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
+use crate::counter::Counter;
+use crate::errors::{entry, TallyResult};
+
+/// What counting needs of a plan.
+#[derive(Clone, Copy)]
+pub(crate) struct Plan {
+    pub period: Interval,
+    pub practice_limit: Option<i32>,
+    pub assessments_limit: Option<i32>,
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<String, Plan>> = RefCell::new(HashMap::new());
+    static COUNTERS: RefCell<HashMap<String, Counter>> = RefCell::new(HashMap::new());
+    /// Invalidations processed so far.
+    static INVALIDATIONS: Cell<u64> = const { Cell::new(0) };
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The number of invalidations processed when it was taken. Take it before the
+/// snapshot that the values to keep are read with.
+#[derive(Clone, Copy)]
+pub(crate) struct Generation(u64);
+
+impl Generation {
+    pub(crate) fn now() -> Generation {
+        if !WATCHING.with(|w| w.replace(true)) {
+            // SAFETY: registers a callback that only empties this module's caches.
+            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+        }
+        Generation(INVALIDATIONS.with(Cell::get))
+    }
+
+    /// No invalidation arrived since this generation was taken.
+    fn current(self) -> bool {
+        INVALIDATIONS.with(Cell::get) == self.0
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
+    INVALIDATIONS.with(|n| n.set(n.get() + 1));
+    PLANS.with(|plans| plans.borrow_mut().clear());
+    COUNTERS.with(|counters| counters.borrow_mut().clear());
+}
+
+/// Processes the invalidations that other transactions committed.
+fn catch_up() {
+    // SAFETY: what every lock acquisition does; it may call `forget`.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+}
+
+/// The plan `plan_id`, if kept.
+pub(crate) fn plan(plan_id: &str) -> Option<Plan> {
+    catch_up();
+    PLANS.with(|plans| plans.borrow().get(plan_id).copied())
+}
+
+/// Keeps `plan`, read with a snapshot taken after `since`.
+pub(crate) fn keep_plan(since: Generation, plan_id: &str, plan: Plan) {
+    if since.current() {
+        PLANS.with(|plans| plans.borrow_mut().insert(plan_id.to_string(), plan));
+    }
+}
+
+/// The counter of session kind `kind`, if kept.
+pub(crate) fn counter(kind: &str) -> Option<Counter> {
+    catch_up();
+    COUNTERS.with(|counters| counters.borrow().get(kind).copied())
+}
+
+/// Keeps `counter`, read with a snapshot taken after `since`.
+pub(crate) fn keep_counter(since: Generation, kind: &str, counter: Counter) {
+    if since.current() {
+        COUNTERS.with(|counters| counters.borrow_mut().insert(kind.to_string(), counter));
+    }
+}
+
+/// Sends a relcache invalidation for the trigger's table: every backend forgets what
+/// it kept (at this transaction's commit; this one at its next command).
+fn invalidate(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    // SAFETY: the trigger's relation is open for the whole call; this queues an
+    // invalidation message of the current transaction.
+    unsafe { pg_sys::CacheInvalidateRelcache(trigger.trigger_data().tg_relation) };
+    Ok(pg_sys::Datum::null())
+}
+
+entry!(
+    tally_forget_plans,
+    pg_finfo_tally_forget_plans,
+    invalidate,
+    on(
+        c"plans",
+        Before,
+        Statement,
+        INSERT | UPDATE | DELETE | TRUNCATE
+    )
+);
+entry!(
+    tally_forget_session_kinds,
+    pg_finfo_tally_forget_session_kinds,
+    invalidate,
+    on(
+        c"session_kinds",
+        Before,
+        Statement,
+        INSERT | UPDATE | DELETE | TRUNCATE
+    )
+);
