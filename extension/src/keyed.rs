@@ -208,23 +208,9 @@ impl Table {
     /// trigger `<name>_<shard id>`. (Creating, dropping or renaming a trigger
     /// invalidates the table's relcache entry, which empties RESOLVED.)
     fn guard_triggers_only(&self) -> bool {
-        // SAFETY: the relation is open; its trigger descriptor and the catalog entries
-        // of the trigger functions are read, not kept.
-        unsafe {
-            let triggers = (*self.relation).trigdesc;
-            if triggers.is_null() {
-                return true;
-            }
-            let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
-            std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize)
-                .iter()
-                .all(|t| {
-                    let name = pg_sys::get_func_name(t.tgfoid);
-                    !name.is_null()
-                        && CStr::from_ptr(name) == c"usage_reject_direct_write"
-                        && pg_sys::get_func_namespace(t.tgfoid) == schema
-                })
-        }
+        self.triggers()
+            .iter()
+            .all(|t| runs_tally_function(t, &[c"usage_reject_direct_write"]))
     }
 
     /// Whether a trigger on the table runs `tally.forget_plans()` or
@@ -234,23 +220,22 @@ impl Table {
     /// dropping a trigger invalidates the table's relcache entry, which empties
     /// RESOLVED and crate::reference alike.)
     fn forgets_on_write(&self) -> bool {
-        // SAFETY: as in guard_triggers_only.
+        self.triggers().iter().any(|t| {
+            t.tgenabled as u8 == pg_sys::TRIGGER_FIRES_ALWAYS
+                && runs_tally_function(t, &[c"forget_plans", c"forget_session_kinds"])
+        })
+    }
+
+    /// The table's triggers.
+    fn triggers(&self) -> &[pg_sys::Trigger] {
+        // SAFETY: the relation is open (and locked) while self lives; its trigger
+        // descriptor stays with its relcache entry until then.
         unsafe {
             let triggers = (*self.relation).trigdesc;
             if triggers.is_null() {
-                return false;
+                return &[];
             }
-            let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
             std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize)
-                .iter()
-                .any(|t| {
-                    let name = pg_sys::get_func_name(t.tgfoid);
-                    t.tgenabled as u8 == pg_sys::TRIGGER_FIRES_ALWAYS
-                        && !name.is_null()
-                        && [c"forget_plans", c"forget_session_kinds"]
-                            .contains(&CStr::from_ptr(name))
-                        && pg_sys::get_func_namespace(t.tgfoid) == schema
-                })
         }
     }
 
@@ -367,6 +352,18 @@ impl Table {
             false
         });
         Some(found)
+    }
+}
+
+/// Whether `trigger` runs one of tally's functions `names`.
+fn runs_tally_function(trigger: &pg_sys::Trigger, names: &[&CStr]) -> bool {
+    // SAFETY: catalog lookups of the trigger's function; the name is read, not kept.
+    unsafe {
+        let name = pg_sys::get_func_name(trigger.tgfoid);
+        !name.is_null()
+            && names.contains(&CStr::from_ptr(name))
+            && pg_sys::get_func_namespace(trigger.tgfoid)
+                == pg_sys::get_namespace_oid(c"tally".as_ptr(), true)
     }
 }
 
