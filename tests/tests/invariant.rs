@@ -133,12 +133,16 @@ async fn one_operation(client: &mut Client, rng: &mut StdRng) -> Result<(), toki
                 .await
         }
         6 => {
-            // ON CONFLICT DO UPDATE completing a started session
+            // ON CONFLICT DO UPDATE completing a started session. The session is locked
+            // first, as a careful client does: unlocked, a concurrent DELETE of it and
+            // another client's re-insert of the same id could meet first in
+            // sessions_session_id_key, which is not the arbiter and raises 23505.
             client
                 .batch_execute(&format!(
-                    "INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at)
-                     SELECT session_id, user_id, kind, 'completed', started_at FROM tally.sessions
-                      WHERE user_id = '{u}' AND status = 'started' LIMIT 1
+                    "WITH s AS (SELECT session_id, user_id, kind, started_at FROM tally.sessions
+                                 WHERE user_id = '{u}' AND status = 'started' LIMIT 1 FOR UPDATE)
+                     INSERT INTO tally.sessions (session_id, user_id, kind, status, started_at)
+                     SELECT session_id, user_id, kind, 'completed', started_at FROM s
                      ON CONFLICT (user_id, session_id) DO UPDATE SET status = excluded.status
                         WHERE tally.sessions.status = 'started'"
                 ))
