@@ -92,9 +92,22 @@ thread_local! {
     static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Registers, once per backend, the one relcache callback that empties what is
+/// kept by table: RESOLVED here, and the plans and kinds of crate::reference (which
+/// are kept only while RESOLVED says their table carries its forget trigger).
+pub(crate) fn watch_relcache() {
+    if !WATCHING.with(|w| w.replace(true)) {
+        // SAFETY: registers a callback that only empties caches.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(forget_resolved), pg_sys::Datum::from(0))
+        };
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_resolved(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
     RESOLVED.with(|resolved| resolved.borrow_mut().clear());
+    reference::forget();
 }
 
 fn resolved(name: &str) -> Option<Resolved> {
@@ -130,12 +143,7 @@ impl Table {
             }
         }
         let table = Self::find(&local, lock)?;
-        if !WATCHING.with(|w| w.replace(true)) {
-            // SAFETY: registers a callback that only empties a cache.
-            unsafe {
-                pg_sys::CacheRegisterRelcacheCallback(Some(forget_resolved), pg_sys::Datum::from(0))
-            };
-        }
+        watch_relcache();
         RESOLVED.with(|resolved| resolved.borrow_mut().insert(local.to_string(), table.found));
         Some(table)
     }
@@ -477,10 +485,9 @@ impl Tables {
     pub(crate) fn here() -> Option<Tables> {
         ShardTables::all_local().then(|| {
             let since = reference::Generation::now();
-            Tables {
-                since,
-                snapshot: StatementSnapshot::take(),
-            }
+            let snapshot = StatementSnapshot::take();
+            reference::catch_up();
+            Tables { since, snapshot }
         })
     }
 

@@ -13,8 +13,8 @@
 //! - DDL on any table, an overflowed invalidation queue and the like send one too:
 //!   the cache is emptied more often than needed, never less.
 //!
-//! A reader calls `AcceptInvalidationMessages` before using the cache, after the
-//! statement snapshot it reads tally's tables with. A committed change is answered
+//! A reader calls `AcceptInvalidationMessages` (`catch_up`) once before using the
+//! cache, after the statement snapshot it reads tally's tables with. A committed change is answered
 //! from the cache only in the moment between its commit becoming visible and its
 //! invalidation being sent, before its writer is told it committed: as if it had
 //! committed a moment later. The changes that counting must serialise with still
@@ -39,6 +39,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::thread::LocalKey;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
@@ -60,8 +61,10 @@ thread_local! {
     static COUNTERS: RefCell<HashMap<String, Counter>> = RefCell::new(HashMap::new());
     /// Invalidations processed so far.
     static INVALIDATIONS: Cell<u64> = const { Cell::new(0) };
-    static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Values kept by name.
+type Kept<V> = LocalKey<RefCell<HashMap<String, V>>>;
 
 /// The number of invalidations processed when it was taken. Take it before the
 /// snapshot that the values to keep are read with.
@@ -70,10 +73,9 @@ pub(crate) struct Generation(u64);
 
 impl Generation {
     pub(crate) fn now() -> Generation {
-        if !WATCHING.with(|w| w.replace(true)) {
-            // SAFETY: registers a callback that only empties this module's caches.
-            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
-        }
+        // Before the count is read: an invalidation processed unwatched would not
+        // be counted.
+        crate::keyed::watch_relcache();
         Generation(INVALIDATIONS.with(Cell::get))
     }
 
@@ -83,43 +85,47 @@ impl Generation {
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
+/// Forgets everything kept (crate::keyed's relcache callback calls it).
+pub(crate) fn forget() {
     INVALIDATIONS.with(|n| n.set(n.get() + 1));
     PLANS.with(|plans| plans.borrow_mut().clear());
     COUNTERS.with(|counters| counters.borrow_mut().clear());
 }
 
 /// Processes the invalidations that other transactions committed.
-fn catch_up() {
+pub(crate) fn catch_up() {
     // SAFETY: what every lock acquisition does; it may call `forget`.
     unsafe { pg_sys::AcceptInvalidationMessages() };
 }
 
+fn kept<V: Copy + 'static>(kept: &'static Kept<V>, name: &str) -> Option<V> {
+    kept.with(|values| values.borrow().get(name).copied())
+}
+
+fn keep<V: 'static>(kept: &'static Kept<V>, since: Generation, name: &str, value: V) {
+    if since.current() {
+        kept.with(|values| values.borrow_mut().insert(name.to_string(), value));
+    }
+}
+
 /// The plan `plan_id`, if kept.
 pub(crate) fn plan(plan_id: &str) -> Option<Plan> {
-    catch_up();
-    PLANS.with(|plans| plans.borrow().get(plan_id).copied())
+    kept(&PLANS, plan_id)
 }
 
 /// Keeps `plan`, read with a snapshot taken after `since`.
 pub(crate) fn keep_plan(since: Generation, plan_id: &str, plan: Plan) {
-    if since.current() {
-        PLANS.with(|plans| plans.borrow_mut().insert(plan_id.to_string(), plan));
-    }
+    keep(&PLANS, since, plan_id, plan);
 }
 
 /// The counter of session kind `kind`, if kept.
 pub(crate) fn counter(kind: &str) -> Option<Counter> {
-    catch_up();
-    COUNTERS.with(|counters| counters.borrow().get(kind).copied())
+    kept(&COUNTERS, kind)
 }
 
 /// Keeps `counter`, read with a snapshot taken after `since`.
 pub(crate) fn keep_counter(since: Generation, kind: &str, counter: Counter) {
-    if since.current() {
-        COUNTERS.with(|counters| counters.borrow_mut().insert(kind.to_string(), counter));
-    }
+    keep(&COUNTERS, since, kind, counter);
 }
 
 /// Sends a relcache invalidation for the trigger's table: every backend forgets what
