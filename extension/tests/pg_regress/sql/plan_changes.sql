@@ -80,6 +80,27 @@ INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('pc_dana', 'pract
 ALTER TABLE tally.plans ENABLE ALWAYS TRIGGER plans_forget;
 SELECT * FROM public.usage_by_period WHERE user_id = 'pc_dana' AND period = '2026-07-01';
 
+-- As a writer role: its rows are counted with the kept plan, a change the plan's
+-- owner makes applies to its next row, and it cannot change a plan itself.
+CREATE ROLE pc_writer;
+GRANT USAGE ON SCHEMA tally TO pc_writer;
+GRANT SELECT ON ALL TABLES IN SCHEMA tally TO pc_writer;
+GRANT INSERT, UPDATE, DELETE ON tally.sessions TO pc_writer;
+UPDATE tally.plans SET practice_sessions_limit = 5 WHERE plan_id = 'pc_plan';
+SET ROLE pc_writer;
+INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('pc_dana', 'practice', '2026-08-01 10:00+00');
+RESET ROLE;
+UPDATE tally.plans SET practice_sessions_limit = 1 WHERE plan_id = 'pc_plan';
+SET ROLE pc_writer;
+INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('pc_dana', 'practice', '2026-08-02 10:00+00');
+\echo :LAST_ERROR_SQLSTATE
+UPDATE tally.plans SET practice_sessions_limit = 100 WHERE plan_id = 'pc_plan';
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SELECT * FROM public.usage_by_period WHERE user_id = 'pc_dana' AND period = '2026-08-01';
+DROP OWNED BY pc_writer;
+DROP ROLE pc_writer;
+
 -- The forget functions serve only their own trigger.
 CREATE TEMP TABLE pc_decoy (plan_id text);
 CREATE TRIGGER pc_steal BEFORE INSERT ON pc_decoy
