@@ -376,7 +376,7 @@ fn runs_tally_function(trigger: &pg_sys::Trigger, names: &[&CStr]) -> bool {
 }
 
 /// The attribute number of column `name` of `relation`.
-fn column_of(relation: pg_sys::Relation, name: &str) -> pg_sys::AttrNumber {
+pub(crate) fn column_of(relation: pg_sys::Relation, name: &str) -> pg_sys::AttrNumber {
     // SAFETY: the relation is open; its tuple descriptor is read, not kept.
     unsafe {
         let desc = (*relation).rd_att;

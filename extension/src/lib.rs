@@ -12,6 +12,7 @@ mod counter;
 mod counting;
 mod document;
 mod errors;
+mod expressions;
 mod guards;
 mod internal;
 mod keyed;
@@ -73,6 +74,12 @@ unsafe extern "C-unwind" fn on_transaction_event(
     {
         counted::forget_counted();
     }
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT
+        || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
+        || event == pg_sys::XactEvent::XACT_EVENT_PREPARE
+    {
+        expressions::free_retired();
+    }
 }
 
 #[pg_guard]
@@ -97,6 +104,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Reserve the prefix so a typo such as tally.enforce_limit is an error, not a new setting.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
     citus::guard_session_settings();
+    expressions::install();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
