@@ -10,7 +10,7 @@
 //! locked until commit) and the reservations its limit check counted. Only the
 //! learning plans are read, and not even those when the user has none.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 
 use pgrx::datum::JsonString;
 use pgrx::pg_sys;
@@ -77,18 +77,18 @@ impl UsageDocument<'_> {
     }
 }
 
-/// JSON text built in a PostgreSQL string buffer of the current memory context.
-struct JsonText(pg_sys::StringInfo);
+/// JSON text, written as PostgreSQL's JSON functions write it. Built in a Rust
+/// string: each call into PostgreSQL costs a guarded FFI call, and this runs for
+/// every session `tally.record_session` records.
+struct JsonText(String);
 
 impl JsonText {
     fn new() -> Self {
-        // SAFETY: a palloc'd buffer in the current memory context, freed with it.
-        JsonText(unsafe { pg_sys::makeStringInfo() })
+        JsonText(String::with_capacity(512))
     }
 
     fn raw(&mut self, text: &str) {
-        // SAFETY: appends `text.len()` bytes of a live &str to the buffer.
-        unsafe { pg_sys::appendBinaryStringInfo(self.0, text.as_ptr().cast(), text.len() as _) };
+        self.0.push_str(text);
     }
 
     /// `"name" : `, after `, ` unless it is the object's first key.
@@ -100,15 +100,12 @@ impl JsonText {
         self.raw(" : ");
     }
 
-    /// A string, escaped by PostgreSQL's `escape_json`; `null` for NULL.
+    /// A string, escaped as `escape_json` escapes it; `null` for NULL.
     fn text(&mut self, value: Option<&str>) {
-        let Some(value) = value else {
-            return self.raw("null");
-        };
-        // PostgreSQL text holds no NUL byte.
-        let value = CString::new(value).expect("tally: text without NUL bytes");
-        // SAFETY: escapes a NUL-terminated string into the buffer.
-        unsafe { pg_sys::escape_json(self.0, value.as_ptr()) };
+        match value {
+            Some(value) => escape_json(&mut self.0, value),
+            None => self.raw("null"),
+        }
     }
 
     /// A timestamptz as the JSON functions write one (ISO 8601, the session's
@@ -139,21 +136,41 @@ impl JsonText {
 
     fn int(&mut self, value: Option<i32>) {
         match value {
-            Some(value) => self.raw(&value.to_string()),
+            Some(value) => {
+                use std::fmt::Write;
+                write!(self.0, "{value}").expect("writing to a String cannot fail")
+            }
             None => self.raw("null"),
         }
     }
 
     fn finish(self) -> String {
-        // SAFETY: the buffer holds the UTF-8 text appended above (escape_json and the
-        // date encoding keep the server encoding, which is UTF-8 for tally's text).
-        unsafe {
-            CStr::from_ptr((*self.0).data)
-                .to_str()
-                .expect("tally: the usage document is UTF-8")
-                .to_owned()
+        self.0
+    }
+}
+
+/// `value` as a JSON string, escaped as PostgreSQL 15's `escape_json` escapes it:
+/// the two-character escapes for `\b \f \n \r \t " \\`, `\u00XX` (lower-case hex)
+/// for the other control characters, everything else as it is.
+pub(crate) fn escape_json(out: &mut String, value: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                write!(out, "\\u{:04x}", c as u32).expect("writing to a String cannot fail")
+            }
+            c => out.push(c),
         }
     }
+    out.push('"');
 }
 
 /// The usage document from its figures: the one definition of its shape.

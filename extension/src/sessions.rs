@@ -41,14 +41,11 @@ fn sets_completed_at(row: PgHeapTuple<'_, AllocatedByPostgres>) -> TallyResult<p
     Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
 }
 
-/// BEFORE INSERT: a completed session without completed_at gets one.
-///
-/// It runs for every inserted row. A row that carries completed_at (an import, a
-/// client that sends it) is returned as it came after one null test; a WHEN clause
-/// would spare that call, but PostgreSQL parses a WHEN clause again for every
-/// statement, which costs a single-row INSERT more than the call. Read and written
-/// in place, without copying the row into a Rust value: it runs for every session
-/// `tally.record_session` records.
+/// BEFORE INSERT: a completed session without completed_at gets one. Only rows
+/// without completed_at reach it (the trigger's WHEN clause; a row that has one is
+/// still returned as it came); the status is checked here. The row is read and
+/// written in place, without copying it into a Rust value: this runs for every
+/// session `tally.record_session` records.
 fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let data = trigger.trigger_data();
     let (row, relation) = (data.tg_trigtuple, data.tg_relation);

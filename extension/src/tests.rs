@@ -437,4 +437,24 @@ mod tests {
         );
         assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (0, 0));
     }
+
+    /// The usage document escapes its strings in Rust: exactly as PostgreSQL's JSON
+    /// functions do (to_json of a text), for every ASCII character and beyond.
+    #[pg_test]
+    fn usage_document_strings_are_escaped_as_postgres_escapes_them() {
+        let mut samples: Vec<String> = (1u8..=127).map(|b| format!("a{}b", b as char)).collect();
+        samples.push("Łódź 日本語 \u{1F600} \u{2028}".into());
+        samples.push(String::new());
+        for sample in samples {
+            let expected = Spi::get_one_with_args::<String>(
+                "SELECT to_json($1::text)::text",
+                &[sample.clone().into()],
+            )
+            .unwrap()
+            .unwrap();
+            let mut ours = String::new();
+            crate::document::escape_json(&mut ours, &sample);
+            assert_eq!(ours, expected, "{sample:?}");
+        }
+    }
 }
