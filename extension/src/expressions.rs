@@ -54,6 +54,10 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Builds replaced in one transaction before PostgreSQL is left to build for each
+/// statement again (each replaced build is kept until the transaction ends).
+const MAX_BUILDS_PER_TRANSACTION: usize = 16;
+
 static mut PREVIOUS_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
 /// Installs the hook (from `_PG_init`).
@@ -146,6 +150,13 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
         if STALE.with(|s| s.replace(false))
             || !BUILT.with(|b| matches(b.borrow().as_ref(), checks, triggers))
         {
+            if RETIRED.with(|r| r.borrow().len()) >= MAX_BUILDS_PER_TRANSACTION {
+                // Built again and again in one transaction (DDL between statements):
+                // the replaced builds stay allocated until it ends, so from here on
+                // PostgreSQL builds for each statement, in the statement's memory.
+                retire_built();
+                return;
+            }
             rebuild((*relation).rd_id, checks, triggers);
         }
         BUILT.with(|built| {
@@ -248,17 +259,22 @@ unsafe fn rebuild(
             .collect();
         pg_sys::MemoryContextSwitchTo(old);
         RETIRED.with(|r| r.borrow_mut().retain(|&c| c != context));
-        let previous = BUILT.with(|b| {
-            b.borrow_mut().replace(Built {
+        retire_built();
+        BUILT.with(|b| {
+            *b.borrow_mut() = Some(Built {
                 relation,
                 checks: built_checks,
                 whens: built_whens,
                 context,
             })
         });
-        if let Some(previous) = previous {
-            RETIRED.with(|r| r.borrow_mut().push(previous.context));
-        }
+    }
+}
+
+/// Forgets the current build; its memory is freed when the transaction ends.
+fn retire_built() {
+    if let Some(built) = BUILT.with(|b| b.borrow_mut().take()) {
+        RETIRED.with(|r| r.borrow_mut().push(built.context));
     }
 }
 

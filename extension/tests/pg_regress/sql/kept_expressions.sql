@@ -78,6 +78,24 @@ SELECT 'ke_eli', 'practice', '2026-04-08 00:00+00'::timestamptz + g * interval '
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) AS sessions_after_refusal FROM tally.sessions WHERE user_id = 'ke_eli' AND started_at >= '2026-04-08';
 
+-- Built again for every statement of one transaction (a new body before each
+-- insert): past 16 builds in a transaction PostgreSQL builds for each statement
+-- again, and every new body still applies.
+BEGIN;
+DO $$
+BEGIN
+    FOR i IN 1..20 LOOP
+        EXECUTE format('CREATE OR REPLACE FUNCTION public.ke_longest() RETURNS integer IMMUTABLE LANGUAGE sql AS %L',
+                       'SELECT ' || (6000 + i));
+        INSERT INTO tally.sessions (user_id, kind, started_at, duration_seconds)
+        VALUES ('ke_eli', 'practice', '2026-04-09 00:00+00'::timestamptz + i * interval '1 hour', 6000 + i);
+    END LOOP;
+END $$;
+INSERT INTO tally.sessions (user_id, kind, started_at, duration_seconds) VALUES ('ke_eli', 'practice', '2026-04-10 00:00+00', 6021);
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+SELECT count(*) AS rolled_back FROM tally.sessions WHERE user_id = 'ke_eli' AND started_at >= '2026-04-09';
+
 ALTER TABLE tally.sessions DROP CONSTRAINT ke_not_too_long;
 DROP FUNCTION public.ke_longest(), public.ke_nested(integer), public.ke_say();
 SELECT * FROM public.usage_by_period WHERE user_id = 'ke_eli';
