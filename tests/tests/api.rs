@@ -486,6 +486,79 @@ async fn fifty_concurrent_identical_posts_make_one_session_counted_once() {
     assert_consistent(&client).await;
 }
 
+/// Each of the API's pooled connections keeps the plans it has counted with
+/// (extension/src/reference.rs): a limit the plan's owner lowers or raises applies
+/// to the next POST on every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_plan_applies_to_the_next_post_on_every_pooled_connection() {
+    let (api, url, _) = seeded_api("tally_e2e_api_kept_plan").await;
+    let api = std::sync::Arc::new(api);
+    let jonas = api.token("jonas", Role::User);
+    let usage = |body: &Value| body["usage"]["practice_sessions"].clone();
+    // Concurrent POSTs, so that every connection of the pool counts one and keeps
+    // the plan.
+    let concurrent = |count: usize| {
+        let (api, jonas) = (api.clone(), jonas.clone());
+        async move {
+            let tasks: Vec<_> = (0..count)
+                .map(|_| {
+                    let (api, jonas) = (api.clone(), jonas.clone());
+                    tokio::spawn(async move { api.post(&jonas, json!({"kind": "practice"})).await })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.unwrap());
+            }
+            answers
+        }
+    };
+    for (status, body) in concurrent(16).await {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let owner = connect(&url).await;
+    owner
+        .batch_execute(
+            "UPDATE tally.plans SET practice_sessions_limit = 16 WHERE plan_id = 'fluency_builder'",
+        )
+        .await
+        .unwrap();
+    for (status, body) in concurrent(16).await {
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+        assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    }
+    let (status, body) = api
+        .send(
+            reqwest::Method::GET,
+            "/v1/users/jonas/usage",
+            Some(&jonas),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["practice_sessions"],
+        json!({"used": 16, "limit": 16, "remaining": 0})
+    );
+    owner
+        .batch_execute(
+            "UPDATE tally.plans SET practice_sessions_limit = 18 WHERE plan_id = 'fluency_builder'",
+        )
+        .await
+        .unwrap();
+    let answers = concurrent(4).await;
+    let created: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 2, "{answers:?}");
+    assert!(
+        created.iter().all(|(_, body)| usage(body)["limit"] == 18),
+        "{answers:?}"
+    );
+    assert_consistent(&owner).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_down_then_up() {
     // A cluster of its own, so stopping it disturbs no other test.
