@@ -96,27 +96,37 @@ impl Binding {
     }
 }
 
-/// True when `relation` is `tally.<name>`. Compared by namespace OID and name, so a
-/// table of the same name in another schema (pg_temp included) never matches.
 /// Whether `relation` is `tally.<name>` or, on Citus, one of its shards (Citus copies
 /// a distributed or reference table's triggers to its shards, `tally.<name>_<shard
 /// id>`, and fires them there).
 fn is_tally_table(relation: pg_sys::Relation, name: &CStr) -> bool {
-    // SAFETY: the trigger's relation is open and locked for the whole call.
-    let (namespace, relname, oid) = unsafe {
-        let form = (*relation).rd_rel;
-        (
-            (*form).relnamespace,
-            CStr::from_ptr((*form).relname.data.as_ptr()),
-            (*relation).rd_id,
-        )
-    };
-    // SAFETY: a catalog lookup by name; missing_ok returns InvalidOid.
-    let schema = unsafe { pg_sys::get_namespace_oid(c"tally".as_ptr(), true) };
-    if schema == pg_sys::Oid::INVALID || namespace != schema {
-        return false;
+    let relname = relation_name(relation);
+    is_local_tally_table(relation, name)
+        || (in_tally_schema(relation)
+            && citus::shard_id_in_name(relname, name).is_some_and(|shard_id| {
+                // SAFETY: the relation is open.
+                citus::is_shard_of(unsafe { (*relation).rd_id }, shard_id, name)
+            }))
+}
+
+/// Whether `relation` is `tally.<name>` itself (not a Citus shard of it). Compared by
+/// namespace OID and name, so a table of the same name in another schema (pg_temp
+/// included) never matches. The name is compared first: it spares the namespace
+/// lookup for every other table.
+pub(crate) fn is_local_tally_table(relation: pg_sys::Relation, name: &CStr) -> bool {
+    relation_name(relation) == name && in_tally_schema(relation)
+}
+
+fn relation_name<'a>(relation: pg_sys::Relation) -> &'a CStr {
+    // SAFETY: the caller's relation is open; its name lives in its relcache entry.
+    unsafe { CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()) }
+}
+
+fn in_tally_schema(relation: pg_sys::Relation) -> bool {
+    // SAFETY: the relation is open; a catalog lookup by name, whose missing_ok
+    // returns InvalidOid.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
+        schema != pg_sys::Oid::INVALID && (*(*relation).rd_rel).relnamespace == schema
     }
-    relname == name
-        || citus::shard_id_in_name(relname, name)
-            .is_some_and(|shard_id| citus::is_shard_of(oid, shard_id, name))
 }

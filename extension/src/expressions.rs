@@ -104,18 +104,11 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
 /// shard of it, whose triggers and constraints Citus copies under another name).
 unsafe fn is_sessions(info: *mut pg_sys::ResultRelInfo) -> bool {
     // SAFETY: an opened result relation of a started statement.
-    unsafe {
-        let relation = (*info).ri_RelationDesc;
-        if BUILT.with(|b| b.borrow().as_ref().map(|b| b.relation)) == Some((*relation).rd_id) {
-            return true;
-        }
-        let form = (*relation).rd_rel;
-        if CStr::from_ptr((*form).relname.data.as_ptr()) != c"sessions" {
-            return false;
-        }
-        let schema = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
-        schema != pg_sys::Oid::INVALID && (*form).relnamespace == schema
-    }
+    let relation = unsafe { (*info).ri_RelationDesc };
+    // SAFETY: as above.
+    let oid = unsafe { (*relation).rd_id };
+    BUILT.with(|b| b.borrow().as_ref().map(|b| b.relation)) == Some(oid)
+        || crate::binding::is_local_tally_table(relation, c"sessions")
 }
 
 /// Fills the statement's empty CHECK and WHEN slots of `info` from this
@@ -184,8 +177,8 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
     }
 }
 
-/// The text of a NUL-terminated C string, or None for NULL.
-unsafe fn text<'a>(text: *const std::ffi::c_char) -> Option<&'a [u8]> {
+/// A stored expression's text (a NUL-terminated C string), or None for NULL.
+unsafe fn stored_text<'a>(text: *const std::ffi::c_char) -> Option<&'a [u8]> {
     // SAFETY: the caller passes NULL or a NUL-terminated string that outlives 'a.
     (!text.is_null()).then(|| unsafe { CStr::from_ptr(text) }.to_bytes())
 }
@@ -207,9 +200,9 @@ unsafe fn matches(
                 .checks
                 .iter()
                 .zip(checks)
-                .all(|((kept, _), check)| text(check.ccbin) == Some(kept.as_slice()))
+                .all(|((kept, _), check)| stored_text(check.ccbin) == Some(kept.as_slice()))
             && built.whens.iter().zip(triggers).all(|(kept, trigger)| {
-                kept.as_ref().map(|(kept, _)| kept.as_slice()) == text(trigger.tgqual)
+                kept.as_ref().map(|(kept, _)| kept.as_slice()) == stored_text(trigger.tgqual)
             })
     }
 }
@@ -239,7 +232,8 @@ unsafe fn rebuild(
         let built_checks = checks
             .iter()
             .map(|check| {
-                let text = text(check.ccbin).expect("tally: a CHECK constraint has an expression");
+                let text =
+                    stored_text(check.ccbin).expect("tally: a CHECK constraint has an expression");
                 let expr = pg_sys::stringToNode(check.ccbin) as *mut pg_sys::Expr;
                 (text.to_vec(), pg_sys::expression_planner(expr))
             })
@@ -247,7 +241,7 @@ unsafe fn rebuild(
         let built_whens = triggers
             .iter()
             .map(|trigger| {
-                let text = text(trigger.tgqual)?;
+                let text = stored_text(trigger.tgqual)?;
                 let qual = pg_sys::stringToNode(trigger.tgqual) as *mut pg_sys::Node;
                 pg_sys::ChangeVarNodes(qual, pg_sys::PRS2_OLD_VARNO as i32, pg_sys::INNER_VAR, 0);
                 pg_sys::ChangeVarNodes(qual, pg_sys::PRS2_NEW_VARNO as i32, pg_sys::OUTER_VAR, 0);

@@ -3,7 +3,7 @@
 use pgrx::datum::{FromDatum, IntoDatum, UnboxDatum};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, AllocatedByPostgres, PgTrigger, WhoAllocated};
+use pgrx::{pg_sys, PgTrigger, WhoAllocated};
 
 use crate::binding::{on, Level::*, Timing::*, INSERT, TRUNCATE, UPDATE};
 use crate::errors::{entry, TallyCode, TallyError, TallyResult};
@@ -33,54 +33,60 @@ fn default_completed_at(started_at: Option<TimestampWithTimeZone>) -> TimestampW
     }
 }
 
-fn sets_completed_at(row: PgHeapTuple<'_, AllocatedByPostgres>) -> TallyResult<pg_sys::Datum> {
-    let mut row = row.into_owned();
-    let completed_at = default_completed_at(column(&row, "started_at"));
-    row.set_by_name("completed_at", completed_at)
-        .unwrap_or_else(|e| panic!("tally: cannot set completed_at: {e}"));
-    Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
-}
-
-/// BEFORE INSERT: a completed session without completed_at gets one. Only rows
-/// without completed_at reach it (the trigger's WHEN clause; a row that has one is
-/// still returned as it came); the status is checked here. The row is read and
-/// written in place, without copying it into a Rust value: this runs for every
-/// session `tally.record_session` records.
-fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    let data = trigger.trigger_data();
-    let (row, relation) = (data.tg_trigtuple, data.tg_relation);
+/// `row`, a row of `relation` (tally.sessions), with completed_at set to its default:
+/// a modified copy in the current memory context. Read and written in place, without
+/// copying the row into a Rust value: this runs for every session
+/// `tally.record_session` records.
+fn with_default_completed_at(row: pg_sys::HeapTuple, relation: pg_sys::Relation) -> pg_sys::Datum {
     let column = |name| i32::from(column_of(relation, name));
-    // SAFETY: the binding check made this a BEFORE ROW INSERT trigger of
-    // tally.sessions, called with the new row and the open relation it belongs to;
-    // the columns read are those of that relation's descriptor, and status and
-    // started_at are NOT NULL text and timestamptz. The row returned is the one
-    // PostgreSQL passed, or a modified copy in the current memory context.
+    // SAFETY: the caller passes a row trigger's row and its open relation; the
+    // columns read are those of the relation's descriptor, and started_at is a
+    // NOT NULL timestamptz.
     unsafe {
         let desc = (*relation).rd_att;
-        if !pg_sys::heap_attisnull(row, column("completed_at"), desc) {
-            return Ok(pg_sys::Datum::from(row));
-        }
         let mut is_null = false;
-        let status = pg_sys::heap_getattr(row, column("status"), desc, &mut is_null);
-        if <&str>::from_datum(status, is_null) != Some("completed") {
-            return Ok(pg_sys::Datum::from(row));
-        }
         let started_at = pg_sys::heap_getattr(row, column("started_at"), desc, &mut is_null);
         let completed_at =
             default_completed_at(TimestampWithTimeZone::from_datum(started_at, is_null));
         let mut replaced = [column("completed_at")];
         let mut values = [completed_at.into_datum().expect("a timestamptz is a datum")];
         let mut nulls = [false];
-        let filled = pg_sys::heap_modify_tuple_by_cols(
+        pg_sys::Datum::from(pg_sys::heap_modify_tuple_by_cols(
             row,
             desc,
             1,
             replaced.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
-        );
-        Ok(pg_sys::Datum::from(filled))
+        ))
     }
+}
+
+/// BEFORE INSERT: a completed session without completed_at gets one. Only rows
+/// without completed_at reach it (the trigger's WHEN clause; a row that has one is
+/// still returned as it came); the status is checked here.
+fn fill_completed_at(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    let data = trigger.trigger_data();
+    let (row, relation) = (data.tg_trigtuple, data.tg_relation);
+    let column = |name| i32::from(column_of(relation, name));
+    // SAFETY: the binding check made this a BEFORE ROW INSERT trigger of
+    // tally.sessions, called with the new row and the open relation it belongs to;
+    // the columns read are those of that relation's descriptor, and status is a
+    // NOT NULL text.
+    let completed = unsafe {
+        let desc = (*relation).rd_att;
+        if !pg_sys::heap_attisnull(row, column("completed_at"), desc) {
+            return Ok(pg_sys::Datum::from(row));
+        }
+        let mut is_null = false;
+        let status = pg_sys::heap_getattr(row, column("status"), desc, &mut is_null);
+        <&str>::from_datum(status, is_null) == Some("completed")
+    };
+    Ok(if completed {
+        with_default_completed_at(row, relation)
+    } else {
+        pg_sys::Datum::from(row)
+    })
 }
 entry!(
     tally_sessions_fill_completed_at,
@@ -163,7 +169,11 @@ fn check_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 
     if new_status == "completed" && column::<TimestampWithTimeZone>(&new, "completed_at").is_none()
     {
-        return sets_completed_at(new);
+        let data = trigger.trigger_data();
+        return Ok(with_default_completed_at(
+            data.tg_newtuple,
+            data.tg_relation,
+        ));
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }
