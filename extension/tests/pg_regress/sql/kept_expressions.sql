@@ -78,6 +78,31 @@ SELECT 'ke_eli', 'practice', '2026-04-08 00:00+00'::timestamptz + g * interval '
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) AS sessions_after_refusal FROM tally.sessions WHERE user_id = 'ke_eli' AND started_at >= '2026-04-08';
 
+-- As a writer role: its inserts are tested with the connection's build, a
+-- constraint the table's owner adds applies to its next one, and it cannot change
+-- the table. Its own table named sessions (in pg_temp) keeps its own constraints.
+CREATE ROLE ke_writer;
+GRANT USAGE ON SCHEMA tally TO ke_writer;
+GRANT SELECT ON ALL TABLES IN SCHEMA tally TO ke_writer;
+GRANT INSERT, UPDATE, DELETE ON tally.sessions TO ke_writer;
+SET ROLE ke_writer;
+INSERT INTO tally.sessions (user_id, kind, started_at, duration_seconds) VALUES ('ke_eli', 'practice', '2026-04-05 13:00+00', 60);
+INSERT INTO tally.sessions (user_id, kind, started_at, duration_seconds) VALUES ('ke_eli', 'practice', '2026-04-05 14:00+00', -1);
+RESET ROLE;
+ALTER TABLE tally.sessions ADD CONSTRAINT ke_not_4242 CHECK (duration_seconds <> 4242);
+SET ROLE ke_writer;
+INSERT INTO tally.sessions (user_id, kind, started_at, duration_seconds) VALUES ('ke_eli', 'practice', '2026-04-05 14:00+00', 4242);
+ALTER TABLE tally.sessions DROP CONSTRAINT ke_not_4242;
+\echo :LAST_ERROR_SQLSTATE
+CREATE TEMP TABLE sessions (user_id text, duration_seconds integer CHECK (duration_seconds > 100000));
+INSERT INTO pg_temp.sessions VALUES ('ke_eli', 4000);
+INSERT INTO pg_temp.sessions VALUES ('ke_eli', 200000);
+DROP TABLE pg_temp.sessions;
+RESET ROLE;
+ALTER TABLE tally.sessions DROP CONSTRAINT ke_not_4242;
+DROP OWNED BY ke_writer;
+DROP ROLE ke_writer;
+
 -- Built again for every statement of one transaction (a new body before each
 -- insert): past 16 builds in a transaction PostgreSQL builds for each statement
 -- again, and every new body still applies.
