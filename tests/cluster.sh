@@ -32,8 +32,22 @@ start)
     if as_owner "$PGBIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
         exit 0
     fi
-    as_owner "$PGBIN/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+    # The ports are inside Linux's ephemeral range (32768-60999), so a client
+    # connection made elsewhere on the machine can hold the port as its local end
+    # for a moment: the server then cannot bind it and stops at once. Such a
+    # connection is short-lived; retry a bounded number of times, and only for that.
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+        if as_owner "$PGBIN/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null; then
+            exit 0
+        fi
+        if [ "$attempt" = 10 ] || ! tail -n 5 "$dir/server.log" | grep -q "Address already in use"; then
+            echo "cluster.sh: pg_ctl could not start the server on port $port; see $dir/server.log" >&2
+            exit 1
+        fi
+        echo "cluster.sh: port $port is in use, retrying ($attempt/10)" >&2
+        sleep 1
+    done
     ;;
 stop)
     if [ -f "$dir/data/PG_VERSION" ]; then
