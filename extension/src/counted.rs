@@ -22,8 +22,6 @@ pub(crate) struct Counted {
     pub session_id: pgrx::Uuid,
     pub user_id: String,
     pub plan_id: String,
-    pub anchor: TimestampWithTimeZone,
-    pub period: Interval,
     pub period_start: TimestampWithTimeZone,
     pub period_end: TimestampWithTimeZone,
     pub practice_used: i32,

@@ -288,8 +288,6 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
                     session_id: facts.session_id,
                     user_id: facts.user_id,
                     plan_id: facts.plan_id,
-                    anchor: facts.anchor,
-                    period: facts.period,
                     period_start: usage.period_start,
                     period_end: usage.period_end,
                     practice_used: usage.practice_used,

@@ -318,12 +318,13 @@ fn json_text(row: pgrx::spi::SpiHeapTupleData<'_>) -> Option<String> {
 /// True when the trigger's figures are the document's: its period is the current
 /// one, and it counted the reservations whenever a limit needs them.
 fn covers_document(counted: &Counted) -> bool {
-    let current =
-        crate::period::period_bounds(counted.anchor, &counted.period, pgrx::datetime::now());
+    // The trigger's period is [start, end) of the subscription's partition of time,
+    // so it is the current one exactly when it contains now().
+    let now = pgrx::datetime::now().into_inner();
+    let current = counted.period_start.into_inner() <= now && now < counted.period_end.into_inner();
     let needs_reservations =
         counted.practice_limit.is_some() || counted.assessments_limit.is_some();
-    current == (counted.period_start, counted.period_end)
-        && (counted.in_progress.is_some() || !needs_reservations)
+    current && (counted.in_progress.is_some() || !needs_reservations)
 }
 
 /// The OID of the relation `tally.<name>`, if there is one.
