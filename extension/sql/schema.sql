@@ -193,7 +193,8 @@ COMMENT ON VIEW tally.current_usage_document IS 'tally.current_usage and the use
 
 -- Record a session and read the counters it moved, in one call (one round trip for
 -- clients). Counting is done by the triggers as for any INSERT; this adds only the
--- idempotent retry, the backdating bound and the read after the write.
+-- idempotent retry, the backdating bound and the read after the write. Its answer is
+-- written by tally.record_session_answer.
 --
 -- It runs with the caller's rights and search path, so every name in it is
 -- qualified (pg_catalog's functions and operators too): an object in a schema the
@@ -218,9 +219,8 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     -- Type names too: the caller's temporary schema comes first for them.
-    inserted tally.sessions;
-    stored pg_catalog.json;
-    stored_user_id pg_catalog.text;
+    session tally.sessions;
+    created pg_catalog.bool;
 BEGIN
     IF record_session.not_before IS NOT NULL
        AND record_session.started_at OPERATOR(pg_catalog.<) pg_catalog.now() THEN
@@ -235,7 +235,7 @@ BEGIN
         VALUES (record_session.user_id, record_session.kind, record_session.learning_plan_id,
                 record_session.status, coalesce(record_session.started_at, pg_catalog.now()),
                 record_session.completed_at, record_session.duration_seconds)
-        RETURNING x.* INTO inserted;
+        RETURNING x.* INTO session;
     ELSE
         INSERT INTO tally.sessions AS x
                (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
@@ -244,23 +244,23 @@ BEGIN
                 coalesce(record_session.started_at, pg_catalog.now()),
                 record_session.completed_at, record_session.duration_seconds)
         ON CONFLICT DO NOTHING
-        RETURNING x.* INTO inserted;
+        RETURNING x.* INTO session;
+    END IF;
+    created := FOUND;
+    IF NOT created THEN
+        -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
+        -- meanwhile leaves nothing to return.
+        SELECT e.* INTO session
+          FROM tally.existing_session(record_session.user_id, record_session.session_id) AS e;
+        IF session.session_id IS NULL THEN
+            RETURN NULL;
+        END IF;
     END IF;
     -- The usage after the write: built from what the INSERT's counting trigger saw
     -- when that covers it, else read from tally.current_usage_document.
-    IF FOUND THEN
-        RETURN pg_catalog.json_build_object('created', true, 'session', pg_catalog.row_to_json(inserted),
-                                            'usage', tally.session_usage_document(inserted.user_id, inserted.session_id));
-    END IF;
-    -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
-    -- meanwhile leaves nothing to return.
-    SELECT e.stored, e.stored_user_id INTO stored, stored_user_id
-      FROM tally.existing_session(record_session.user_id, record_session.session_id) AS e;
-    IF stored IS NULL THEN
-        RETURN NULL;
-    END IF;
-    RETURN pg_catalog.json_build_object('created', false, 'session', stored,
-                                        'usage', tally.session_usage_document(stored_user_id, record_session.session_id));
+    RETURN tally.record_session_answer(created, session.session_id, session.user_id, session.kind,
+                                       session.learning_plan_id, session.status, session.started_at,
+                                       session.completed_at, session.duration_seconds, session.created_at);
 END
 $fn$;
 COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer, timestamptz) IS
@@ -297,14 +297,18 @@ $fn$;
 COMMENT ON FUNCTION tally.refuse_backdating(text, timestamptz, timestamptz) IS
     'record_session''s backdating bound: raises TL008 when started_at lies before not_before or before the user''s current billing period.';
 
--- The stored session with this id, for record_session's retry, as row_to_json
--- writes it, and its user: the user's own, else (on one node session ids are unique
--- across users, sessions_session_id_key) another user's, which the caller must
--- refuse; on Citus ids are unique per user. NULLs when there is none. Planned for key
--- lookups, as refuse_backdating. It returns JSON, not a tally.sessions row:
--- tally.distribute() drops the workers' own copies of the tables with CASCADE, which
--- would take a function typed by a table's row along, and the extension with it.
-CREATE FUNCTION tally.existing_session(user_id text, session_id uuid, OUT stored json, OUT stored_user_id text)
+-- The stored session with this id, for record_session's retry: the user's own, else
+-- (on one node session ids are unique across users, sessions_session_id_key) another
+-- user's, which the caller must refuse; on Citus ids are unique per user. NULLs when
+-- there is none. Planned for key lookups, as refuse_backdating. It returns the
+-- columns, not a tally.sessions row: tally.distribute() drops the workers' own copies
+-- of the tables with CASCADE, which would take a function typed by a table's row
+-- along, and the extension with it.
+CREATE FUNCTION tally.existing_session(user_id text, session_id uuid,
+    OUT stored_session_id uuid, OUT stored_user_id text, OUT stored_kind text,
+    OUT stored_learning_plan_id uuid, OUT stored_status text, OUT stored_started_at timestamptz,
+    OUT stored_completed_at timestamptz, OUT stored_duration_seconds integer,
+    OUT stored_created_at timestamptz)
 -- VOLATILE: each statement reads with a snapshot of its own, so a row committed
 -- since the INSERT met it is seen.
 LANGUAGE plpgsql VOLATILE
@@ -312,18 +316,24 @@ SET enable_seqscan = off
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    SELECT row_to_json(x), x.user_id INTO existing_session.stored, existing_session.stored_user_id
+    SELECT x.session_id, x.user_id, x.kind, x.learning_plan_id, x.status, x.started_at,
+           x.completed_at, x.duration_seconds, x.created_at
+      INTO stored_session_id, stored_user_id, stored_kind, stored_learning_plan_id, stored_status,
+           stored_started_at, stored_completed_at, stored_duration_seconds, stored_created_at
       FROM tally.sessions x
      WHERE x.user_id = existing_session.user_id AND x.session_id = existing_session.session_id;
     IF NOT FOUND THEN
-        SELECT row_to_json(x), x.user_id INTO existing_session.stored, existing_session.stored_user_id
+        SELECT x.session_id, x.user_id, x.kind, x.learning_plan_id, x.status, x.started_at,
+               x.completed_at, x.duration_seconds, x.created_at
+          INTO stored_session_id, stored_user_id, stored_kind, stored_learning_plan_id, stored_status,
+               stored_started_at, stored_completed_at, stored_duration_seconds, stored_created_at
           FROM tally.sessions x
          WHERE x.session_id = existing_session.session_id;
     END IF;
 END
 $fn$;
 COMMENT ON FUNCTION tally.existing_session(text, uuid) IS
-    'The stored session with this id as JSON, and its user: the user''s own, else another user''s; NULLs when there is none (record_session''s retry).';
+    'The stored session with this id, and its user: the user''s own, else another user''s; NULLs when there is none (record_session''s retry).';
 
 -- The usage document for one user, planned for key lookups (see record_session),
 -- with its own search path (likewise).

@@ -134,6 +134,41 @@ impl JsonText {
         self.raw("\"");
     }
 
+    /// `"name":` after `,` unless it is the object's first key: the compact layout
+    /// of `row_to_json`.
+    fn compact_key(&mut self, name: &str, first: bool) {
+        if !first {
+            self.raw(",");
+        }
+        self.text(Some(name));
+        self.raw(":");
+    }
+
+    /// A uuid as a string, as `uuid_out` writes it (lower-case hex in 8-4-4-4-12
+    /// groups); `null` for NULL.
+    fn uuid(&mut self, value: Option<pgrx::Uuid>) {
+        use std::fmt::Write;
+        let Some(value) = value else {
+            return self.raw("null");
+        };
+        self.raw("\"");
+        for (i, byte) in value.as_bytes().iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                self.raw("-");
+            }
+            write!(self.0, "{byte:02x}").expect("writing to a String cannot fail");
+        }
+        self.raw("\"");
+    }
+
+    fn boolean(&mut self, value: Option<bool>) {
+        self.raw(match value {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "null",
+        });
+    }
+
     fn int(&mut self, value: Option<i32>) {
         match value {
             Some(value) => {
@@ -223,6 +258,102 @@ fn build_usage_document(
         }
         .to_json(),
     )
+}
+
+/// A row of `tally.sessions`, as `tally.record_session` answers with it.
+struct SessionRow<'a> {
+    session_id: Option<pgrx::Uuid>,
+    user_id: Option<&'a str>,
+    kind: Option<&'a str>,
+    learning_plan_id: Option<pgrx::Uuid>,
+    status: Option<&'a str>,
+    started_at: Option<TimestampWithTimeZone>,
+    completed_at: Option<TimestampWithTimeZone>,
+    duration_seconds: Option<i32>,
+    created_at: Option<TimestampWithTimeZone>,
+}
+
+impl SessionRow<'_> {
+    /// The row as `row_to_json` writes it: its columns in the table's order, without
+    /// spaces.
+    fn write(&self, out: &mut JsonText) {
+        out.raw("{");
+        out.compact_key("session_id", true);
+        out.uuid(self.session_id);
+        out.compact_key("user_id", false);
+        out.text(self.user_id);
+        out.compact_key("kind", false);
+        out.text(self.kind);
+        out.compact_key("learning_plan_id", false);
+        out.uuid(self.learning_plan_id);
+        out.compact_key("status", false);
+        out.text(self.status);
+        out.compact_key("started_at", false);
+        out.timestamptz(self.started_at);
+        out.compact_key("completed_at", false);
+        out.timestamptz(self.completed_at);
+        out.compact_key("duration_seconds", false);
+        out.int(self.duration_seconds);
+        out.compact_key("created_at", false);
+        out.timestamptz(self.created_at);
+        out.raw("}");
+    }
+}
+
+/// What `tally.record_session` returns, `{"created", "session", "usage"}`: the one
+/// definition of its shape, laid out as `json_build_object` lays out an object.
+/// `usage` is `tally.session_usage_document` of the session's user; for a session
+/// this transaction has just inserted it comes from what the INSERT's counting saw.
+///
+/// Any role may call it: it writes back the session it is given and reads the
+/// usage with the caller's rights, as `tally.session_usage_document` does.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION tally.record_session_answer(
+    created boolean, session_id uuid, user_id text, kind text, learning_plan_id uuid, status text,
+    started_at timestamptz, completed_at timestamptz, duration_seconds integer, created_at timestamptz)
+RETURNS json
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION tally.record_session_answer(boolean, uuid, text, text, uuid, text, timestamptz, timestamptz, integer, timestamptz) IS
+    'What tally.record_session returns: {created, session, usage}, the session as row_to_json writes a tally.sessions row with these columns and usage as tally.session_usage_document gives it.';
+"#)]
+fn record_session_answer(
+    created: Option<bool>,
+    session_id: Option<pgrx::Uuid>,
+    user_id: Option<&str>,
+    kind: Option<&str>,
+    learning_plan_id: Option<pgrx::Uuid>,
+    status: Option<&str>,
+    started_at: Option<TimestampWithTimeZone>,
+    completed_at: Option<TimestampWithTimeZone>,
+    duration_seconds: Option<i32>,
+    created_at: Option<TimestampWithTimeZone>,
+) -> Option<String> {
+    let usage = user_id
+        .zip(session_id)
+        .and_then(|(user_id, session_id)| session_usage_document(user_id, session_id));
+    let mut out = JsonText::new();
+    out.raw("{");
+    out.key("created", true);
+    out.boolean(created);
+    out.key("session", false);
+    SessionRow {
+        session_id,
+        user_id,
+        kind,
+        learning_plan_id,
+        status,
+        started_at,
+        completed_at,
+        duration_seconds,
+        created_at,
+    }
+    .write(&mut out);
+    out.key("usage", false);
+    out.raw(usage.as_deref().unwrap_or("null"));
+    out.raw("}");
+    Some(out.finish())
 }
 
 /// The user's list of learning plans, read as the view's owner.
