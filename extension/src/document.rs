@@ -80,30 +80,44 @@ impl UsageDocument<'_> {
 /// JSON text, written as PostgreSQL's JSON functions write it. Built in a Rust
 /// string: each call into PostgreSQL costs a guarded FFI call, and this runs for
 /// every session `tally.record_session` records.
-struct JsonText(String);
+struct JsonText {
+    out: String,
+    /// The last timestamp encoded, and where its text lies in `out`: a session's
+    /// started_at, completed_at and created_at are most often the same now().
+    last_timestamp: Option<(pg_sys::TimestampTz, std::ops::Range<usize>)>,
+}
 
 impl JsonText {
+    /// Room for record_session's answer (a session and its usage document, about
+    /// 700 bytes) without growing.
     fn new() -> Self {
-        JsonText(String::with_capacity(512))
+        JsonText {
+            out: String::with_capacity(1024),
+            last_timestamp: None,
+        }
     }
 
     fn raw(&mut self, text: &str) {
-        self.0.push_str(text);
+        self.out.push_str(text);
     }
 
     /// `"name" : `, after `, ` unless it is the object's first key.
     fn key(&mut self, name: &str, first: bool) {
-        if !first {
-            self.raw(", ");
-        }
-        self.text(Some(name));
-        self.raw(" : ");
+        self.raw(if first { "\"" } else { ", \"" });
+        self.name(name);
+        self.raw("\" : ");
+    }
+
+    /// A key's name, one of the document's own: nothing in it needs escaping.
+    fn name(&mut self, name: &str) {
+        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.raw(name);
     }
 
     /// A string, escaped as `escape_json` escapes it; `null` for NULL.
     fn text(&mut self, value: Option<&str>) {
         match value {
-            Some(value) => escape_json(&mut self.0, value),
+            Some(value) => escape_json(&mut self.out, value),
             None => self.raw("null"),
         }
     }
@@ -114,6 +128,13 @@ impl JsonText {
         let Some(value) = value else {
             return self.raw("null");
         };
+        // Within one call (one time zone) the same instant is written the same way.
+        if let Some((last, text)) = &self.last_timestamp {
+            if *last == value.into_inner() {
+                let text = text.clone();
+                return self.out.extend_from_within(text);
+            }
+        }
         // SAFETY: JsonEncodeDateTime returns a palloc'd NUL-terminated string for a
         // timestamptz datum (infinite ones included).
         let encoded = unsafe {
@@ -125,6 +146,7 @@ impl JsonText {
             );
             CStr::from_ptr(text)
         };
+        let start = self.out.len();
         self.raw("\"");
         self.raw(
             encoded
@@ -132,33 +154,40 @@ impl JsonText {
                 .expect("tally: an encoded timestamp is ASCII"),
         );
         self.raw("\"");
+        self.last_timestamp = Some((value.into_inner(), start..self.out.len()));
     }
 
     /// `"name":` after `,` unless it is the object's first key: the compact layout
     /// of `row_to_json`.
     fn compact_key(&mut self, name: &str, first: bool) {
-        if !first {
-            self.raw(",");
-        }
-        self.text(Some(name));
-        self.raw(":");
+        self.raw(if first { "\"" } else { ",\"" });
+        self.name(name);
+        self.raw("\":");
     }
 
     /// A uuid as a string, as `uuid_out` writes it (lower-case hex in 8-4-4-4-12
     /// groups); `null` for NULL.
     fn uuid(&mut self, value: Option<pgrx::Uuid>) {
-        use std::fmt::Write;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let Some(value) = value else {
             return self.raw("null");
         };
-        self.raw("\"");
+        let mut text = [0u8; 38];
+        let mut at = 0;
+        let mut put = |byte: u8| {
+            text[at] = byte;
+            at += 1;
+        };
+        put(b'"');
         for (i, byte) in value.as_bytes().iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                self.raw("-");
+                put(b'-');
             }
-            write!(self.0, "{byte:02x}").expect("writing to a String cannot fail");
+            put(HEX[usize::from(byte >> 4)]);
+            put(HEX[usize::from(byte & 0xf)]);
         }
-        self.raw("\"");
+        put(b'"');
+        self.raw(std::str::from_utf8(&text).expect("hex digits and dashes are ASCII"));
     }
 
     fn boolean(&mut self, value: Option<bool>) {
@@ -171,16 +200,13 @@ impl JsonText {
 
     fn int(&mut self, value: Option<i32>) {
         match value {
-            Some(value) => {
-                use std::fmt::Write;
-                write!(self.0, "{value}").expect("writing to a String cannot fail")
-            }
+            Some(value) => self.raw(itoa::Buffer::new().format(value)),
             None => self.raw("null"),
         }
     }
 
     fn finish(self) -> String {
-        self.0
+        self.out
     }
 }
 
@@ -190,21 +216,29 @@ impl JsonText {
 pub(crate) fn escape_json(out: &mut String, value: &str) {
     use std::fmt::Write;
     out.push('"');
-    for c in value.chars() {
-        match c {
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                write!(out, "\\u{:04x}", c as u32).expect("writing to a String cannot fail")
-            }
-            c => out.push(c),
+    // Every character escaped is ASCII, so the text between two of them is copied
+    // as it is, in one piece (UTF-8 sequences never contain ASCII bytes).
+    let mut copied = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let short = match byte {
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            byte if byte < 0x20 => None,
+            _ => continue,
+        };
+        out.push_str(&value[copied..at]);
+        match short {
+            Some(escape) => out.push_str(escape),
+            None => write!(out, "\\u{byte:04x}").expect("writing to a String cannot fail"),
         }
+        copied = at + 1;
     }
+    out.push_str(&value[copied..]);
     out.push('"');
 }
 

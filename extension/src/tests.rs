@@ -457,6 +457,7 @@ mod tests {
             assert_eq!(ours, expected, "{sample:?}");
         }
     }
+
     /// record_session's answer is written in Rust: exactly what json_build_object of
     /// row_to_json and the usage document writes, for NULLs, escaped text, uuids and
     /// timestamps in a time zone with a fractional offset.
