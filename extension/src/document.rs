@@ -172,22 +172,15 @@ impl JsonText {
         let Some(value) = value else {
             return self.raw("null");
         };
-        let mut text = [0u8; 38];
-        let mut at = 0;
-        let mut put = |byte: u8| {
-            text[at] = byte;
-            at += 1;
-        };
-        put(b'"');
+        self.raw("\"");
         for (i, byte) in value.as_bytes().iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                put(b'-');
+                self.out.push('-');
             }
-            put(HEX[usize::from(byte >> 4)]);
-            put(HEX[usize::from(byte & 0xf)]);
+            self.out.push(char::from(HEX[usize::from(byte >> 4)]));
+            self.out.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
-        put(b'"');
-        self.raw(std::str::from_utf8(&text).expect("hex digits and dashes are ASCII"));
+        self.raw("\"");
     }
 
     fn boolean(&mut self, value: Option<bool>) {
