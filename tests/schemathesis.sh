@@ -35,9 +35,13 @@ trap 'kill $api_pid 2>/dev/null; wait $api_pid 2>/dev/null || true' EXIT
 wait_for "http://127.0.0.1:$port/readyz" "the API"
 
 token=$(target/debug/tally-api token --sub kamile --role service)
+# One worker: with two, hypothesis parses sources with ast in two threads at once,
+# and the CPython 3.11 of these machines then fails now and then with "AST
+# constructor recursion depth mismatch" (python/cpython#106905), a fault of neither
+# the API nor the test.
 SCHEMATHESIS_HOOKS=tests/schemathesis_hooks.py "$venv/bin/schemathesis" --config-file tests/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --header "Authorization: Bearer $token" \
     --max-examples "${SCHEMATHESIS_EXAMPLES:-60}" \
     --seed 20261126 \
-    --workers 2
+    --workers 1
