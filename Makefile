@@ -37,7 +37,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench soak clean
+        upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -234,6 +234,11 @@ run: install-release
 
 bench: install-release
 	python3 tests/bench/bench.py
+
+# Where a single-row insert's CPU time goes, tally next to the bare insert (needs perf).
+profile: install-release
+	@command -v perf >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+	python3 tests/bench/insert_profile.py
 
 clean:
 	tests/cluster.sh stop $(TEST_CLUSTER)
