@@ -193,16 +193,17 @@ COMMENT ON VIEW tally.current_usage_document IS 'tally.current_usage and the use
 
 -- Record a session and read the counters it moved, in one call (one round trip for
 -- clients). Counting is done by the triggers as for any INSERT; this adds only the
--- idempotent retry, the backdating bound and the read after the write. Its answer is
--- written by tally.record_session_answer.
+-- idempotent retry, the backdating bound and the read after the write. Written in the
+-- library (src/record.rs): its statements, prepared once per connection, are an INSERT
+-- (ON CONFLICT DO NOTHING when the session has an id), tally.existing_session for a
+-- retry and tally.refuse_backdating when not_before is given and started_at lies in
+-- the past; its answer is written by tally.record_session_answer.
 --
--- It runs with the caller's rights and search path, so every name in it is
--- qualified (pg_catalog's functions and operators too): an object in a schema the
--- caller (or anyone) can write is never called instead. A function-level SET
--- (search_path, planner settings) would cost every call a GUC save and restore,
--- about a tenth of the call; the statements that need key-lookup planning, the
--- backdating bound and the read of an existing id, are functions of their own
--- with those settings, run only when needed.
+-- It runs with the caller's rights and search path, so every name in its statements
+-- is qualified (pg_catalog's functions too) and their parameters are typed by OID: an
+-- object in a schema the caller (or anyone) can write is never used instead. The
+-- statements that need key-lookup planning, the backdating bound and the read of an
+-- existing id, are functions of their own with those settings, run only when needed.
 CREATE FUNCTION tally.record_session(
     user_id text,
     kind text,
@@ -214,55 +215,8 @@ CREATE FUNCTION tally.record_session(
     duration_seconds integer DEFAULT NULL,
     not_before timestamptz DEFAULT NULL)
 RETURNS json
-LANGUAGE plpgsql VOLATILE
-AS $fn$
-#variable_conflict use_column
-DECLARE
-    -- Type names too: the caller's temporary schema comes first for them.
-    session tally.sessions;
-    created pg_catalog.bool;
-BEGIN
-    IF record_session.not_before IS NOT NULL
-       AND record_session.started_at OPERATOR(pg_catalog.<) pg_catalog.now() THEN
-        PERFORM tally.refuse_backdating(record_session.user_id, record_session.started_at,
-                                        record_session.not_before);
-    END IF;
-    IF record_session.session_id IS NULL THEN
-        -- A new id cannot conflict: a plain INSERT, without the speculative
-        -- insertion ON CONFLICT costs.
-        INSERT INTO tally.sessions AS x
-               (user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
-        VALUES (record_session.user_id, record_session.kind, record_session.learning_plan_id,
-                record_session.status, coalesce(record_session.started_at, pg_catalog.now()),
-                record_session.completed_at, record_session.duration_seconds)
-        RETURNING x.* INTO session;
-    ELSE
-        INSERT INTO tally.sessions AS x
-               (session_id, user_id, kind, learning_plan_id, status, started_at, completed_at, duration_seconds)
-        VALUES (record_session.session_id, record_session.user_id, record_session.kind,
-                record_session.learning_plan_id, record_session.status,
-                coalesce(record_session.started_at, pg_catalog.now()),
-                record_session.completed_at, record_session.duration_seconds)
-        ON CONFLICT DO NOTHING
-        RETURNING x.* INTO session;
-    END IF;
-    created := FOUND;
-    IF NOT created THEN
-        -- The id exists: a retry, or a reuse the caller must refuse. A row deleted
-        -- meanwhile leaves nothing to return.
-        SELECT e.* INTO session
-          FROM tally.existing_session(record_session.user_id, record_session.session_id) AS e;
-        IF session.session_id IS NULL THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    -- The usage after the write: built from what the INSERT's counting trigger saw
-    -- when that covers it, else read from tally.current_usage_document.
-    RETURN tally.record_session_answer(created, session.session_id, session.user_id, session.kind,
-                                       session.learning_plan_id, session.status, session.started_at,
-                                       session.completed_at, session.duration_seconds, session.created_at);
-END
-$fn$;
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'tally_record_session';
 COMMENT ON FUNCTION tally.record_session(text, text, uuid, uuid, text, timestamptz, timestamptz, integer, timestamptz) IS
     'INSERT a session unless session_id exists (ON CONFLICT DO NOTHING); returns {created, session, usage}: whether it inserted, the stored session, and tally.current_usage_document for its user. started_at NULL means now(); NULL when the id existed but the row is gone. With not_before, a started_at before it or before the user''s current billing period is refused (TL008).';
 

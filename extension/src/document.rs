@@ -345,7 +345,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION tally.record_session_answer(boolean, uuid, text, text, uuid, text, timestamptz, timestamptz, integer, timestamptz) IS
     'What tally.record_session returns: {created, session, usage}, the session as row_to_json writes a tally.sessions row with these columns and usage as tally.session_usage_document gives it.';
 "#)]
-fn record_session_answer(
+pub(crate) fn record_session_answer(
     created: Option<bool>,
     session_id: Option<pgrx::Uuid>,
     user_id: Option<&str>,

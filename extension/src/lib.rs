@@ -20,6 +20,7 @@ mod limits;
 mod period;
 mod privilege;
 mod rebucket;
+mod record;
 mod reference;
 mod repair;
 mod sessions;

@@ -199,6 +199,47 @@ SELECT count(*) >= 6 AS several_subscriptions,
 FROM tally.current_usage cu JOIN tally.current_usage_document d USING (user_id);
 SET timezone = 'UTC';
 
+-- Its errors reach the caller as PostgreSQL raised them, with every field: the API
+-- tells a refused row by its constraint's name. Caught in a PL/pgSQL handler (a
+-- subtransaction, which also closes what the failed call left open), and the same
+-- transaction goes on recording.
+DO $$
+DECLARE
+    state text; constraint_name text; table_name text; column_name text;
+BEGIN
+    FOR attempt IN 1..4 LOOP
+        BEGIN
+            CASE attempt
+                WHEN 1 THEN PERFORM tally.record_session('sven', 'practice', duration_seconds => -1);
+                WHEN 2 THEN PERFORM tally.record_session('sven', 'no such kind');
+                WHEN 3 THEN PERFORM tally.record_session('nobody', 'practice');
+                ELSE PERFORM tally.record_session('sven', NULL);
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, constraint_name = CONSTRAINT_NAME,
+                                    table_name = TABLE_NAME, column_name = COLUMN_NAME;
+            -- (On Citus a shard raises it: its names end in the shard's id.)
+            RAISE WARNING 'attempt %: % constraint=% table=% column=%', attempt, state,
+                regexp_replace(constraint_name, '_[0-9]+$', ''), regexp_replace(table_name, '_[0-9]+$', ''),
+                column_name;
+        END;
+    END LOOP;
+    PERFORM tally.record_session('sven', 'practice', status => 'abandoned');
+END $$;
+SELECT count(*) FILTER (WHERE status = 'abandoned') AS abandoned_after_errors FROM tally.sessions WHERE user_id = 'sven';
+-- A limit refused by the counting trigger keeps tally's own code, detail and hint.
+DO $$
+DECLARE state text; detail text; hint text;
+BEGIN
+    FOR attempt IN 1..4 LOOP
+        PERFORM tally.record_session('rosa', 'assessment');
+    END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RAISE WARNING '% detail=[%] hint=[%]', state, detail IS NOT NULL AND detail <> '', hint IS NOT NULL AND hint <> '';
+END $$;
+SELECT public.consistent();
+
 -- Key lookups stay key lookups: with statistics that call the tables tiny, the
 -- cached plans must still not scan the tables that grow with use. (Counted as a
 -- difference inside one transaction: the view also holds not yet flushed counts.)
