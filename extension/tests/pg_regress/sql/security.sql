@@ -195,9 +195,9 @@ SELECT tally.reservation_timeout();
 SELECT count(*) AS current_usage_rows FROM tally.current_usage WHERE user_id OPERATOR(pg_catalog.=) 'sec_ann';
 RESET search_path;
 RESET ROLE;
--- The caller's temporary schema comes first for type names: record_session's own
--- variables have qualified types. In a new session, since PL/pgSQL resolves them
--- when it first compiles the function there.
+-- The caller's temporary schema comes first for type names: record_session's
+-- statements name no type, their parameters are typed by OID. In a new session,
+-- since it prepares its statements there on first use.
 \c
 SET client_min_messages = warning;
 SET ROLE sec_writer;
