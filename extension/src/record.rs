@@ -74,7 +74,9 @@ macro_rules! session_columns {
 }
 
 /// A statement prepared once per connection (a plan kept by SPI, which re-plans it
-/// when what it reads changes).
+/// when what it reads changes). Kept here rather than by crate::spi::run_cached: that
+/// cache holds pgrx's prepared statements, which run only through pgrx's guarded
+/// calls and do not hand out the plan for an unguarded SPI_execute_plan.
 struct Statement {
     sql: &'static CStr,
     types: &'static [pg_sys::Oid],

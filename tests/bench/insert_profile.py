@@ -60,6 +60,7 @@ PARTS = [
     ("heap insert", ["heap_insert"]),
     ("after-trigger queue", ["AfterTriggerEndQuery"]),
     ("record_session's PL/pgSQL, the rest", ["plpgsql_call_handler"]),
+    ("record_session in the library, the rest", ["tally_record_session"]),
     ("executor run, the rest", ["standard_ExecutorRun"]),
     ("executor end", ["standard_ExecutorEnd"]),
     ("commit", ["CommitTransaction"]),
