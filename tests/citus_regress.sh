@@ -20,7 +20,7 @@ for f in extension/tests/pg_regress/sql/*.sql; do
     # past its non-superuser attempts) becomes a role setting, which Citus passes on
     # to the workers, taken up by a new connection (\c).
     from=0
-    case "$(basename "$f")" in limits.sql) from=1 ;; security.sql) from=131 ;; esac
+    case "$(basename "$f")" in limits.sql) from=1 ;; security.sql) from=135 ;; esac
     sed -E 's/^CREATE ROLE ([a-z_]+);/CREATE ROLE \1 LOGIN;/' "$f" |
         FROM=$from perl -pe 'if ($ENV{FROM} > 0 && $. >= $ENV{FROM}) {
             s/^SET tally\.reservation_timeout = (.*);$/ALTER ROLE postgres SET tally.reservation_timeout = $1;\n\\c\nSET client_min_messages = warning;/;

@@ -45,9 +45,13 @@ CREATE TRIGGER steal AFTER DELETE ON stolen REFERENCING OLD TABLE AS tally_old
 CREATE TRIGGER steal AFTER UPDATE ON stolen
     FOR EACH ROW EXECUTE FUNCTION tally.subscriptions_rebucket();
 \echo :LAST_ERROR_SQLSTATE
+-- (Citus warns that it keeps temporary objects on the coordinator, naming the
+-- backend's temporary schema.)
+SET client_min_messages = error;
 CREATE TYPE pg_temp.evil AS ENUM ('x');
 CREATE FUNCTION pg_temp.evil_to_text(pg_temp.evil) RETURNS text LANGUAGE sql
     AS $$ SELECT 'x' $$;
+SET client_min_messages = warning;
 CREATE TRIGGER steal AFTER UPDATE ON stolen
     FOR EACH ROW EXECUTE FUNCTION tally.plans_rebucket();
 \echo :LAST_ERROR_SQLSTATE
