@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_api::{Keys, Role};
+use tally_api::{AppConfig, Keys, Role};
 use tally_e2e::{assert_consistent, assert_error_body, connect, fresh_database, Api, SECRET};
 use uuid::Uuid;
 
 async fn seeded_api(db: &str) -> (Api, String, Uuid) {
+    seeded_api_with(db, AppConfig::default()).await
+}
+
+async fn seeded_api_with(db: &str, config: AppConfig) -> (Api, String, Uuid) {
     let url = fresh_database(db).await;
     let client = connect(&url).await;
     client
@@ -34,7 +38,7 @@ async fn seeded_api(db: &str) -> (Api, String, Uuid) {
         )
         .await
         .unwrap();
-    (Api::start(&url).await, url, lp)
+    (Api::start_with(&url, config).await, url, lp)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -431,7 +435,16 @@ async fn sessions_usage_and_every_error_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_identical_posts_make_one_session_counted_once() {
-    let (api, url, _) = seeded_api("tally_e2e_api_idem").await;
+    // What this test asserts is the answer of each of the 50 calls, not how fast they
+    // come: through a pool of 8, the last of them wait for 6 rounds of calls, which
+    // on a distributed database with a debug build came near the default request
+    // timeout (10 s, a 503) under a loaded machine. A minute keeps a slow run from
+    // failing on time and still fails a call that hangs.
+    let config = AppConfig {
+        request_timeout: Duration::from_secs(60),
+        ..AppConfig::default()
+    };
+    let (api, url, _) = seeded_api_with("tally_e2e_api_idem", config).await;
     let api = std::sync::Arc::new(api);
     let token = api.token("kamile", Role::User);
     let id = Uuid::new_v4();
