@@ -59,19 +59,18 @@ impl Default for AppConfig {
 /// A connection pool for `database_url`. Connections are made lazily, so the API
 /// starts (and reports 503 on /readyz) while the database is down.
 ///
-/// `statement_timeout` is set on every connection: a request that timed out must not
+/// `request_timeout` bounds both ends of a request's time in the database: how long
+/// it waits for a pooled connection (waiting is part of the request, which the
+/// request timeout answers with 503 anyway) and, as every connection's
+/// `statement_timeout`, how long its query runs: a request that timed out must not
 /// leave its query running (and holding locks) in the database.
-pub fn pool(
-    database_url: &str,
-    max_size: u32,
-    statement_timeout: Duration,
-) -> Result<Pool, String> {
+pub fn pool(database_url: &str, max_size: u32, request_timeout: Duration) -> Result<Pool, String> {
     let mut config = tokio_postgres::Config::from_str(database_url)
         .map_err(|e| format!("DATABASE_URL is not valid: {e}"))?;
     let options = format!(
         "{} -c statement_timeout={}",
         config.get_options().unwrap_or_default(),
-        statement_timeout.as_millis().max(1)
+        request_timeout.as_millis().max(1)
     );
     config.options(options.trim());
     if config.get_application_name().is_none() {
@@ -86,7 +85,7 @@ pub fn pool(
     );
     Pool::builder(manager)
         .max_size(max_size as usize)
-        .wait_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(request_timeout))
         .create_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()

@@ -436,10 +436,10 @@ async fn sessions_usage_and_every_error_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_identical_posts_make_one_session_counted_once() {
     // What this test asserts is the answer of each of the 50 calls, not how fast they
-    // come: through a pool of 8, the last of them wait for 6 rounds of calls, which
-    // on a distributed database with a debug build came near the default request
-    // timeout (10 s, a 503) under a loaded machine. A minute keeps a slow run from
-    // failing on time and still fails a call that hangs.
+    // come: through a pool of 8, the last of them wait for a connection through 6
+    // rounds of calls, which on a distributed database with a debug build under a
+    // loaded machine took longer than 5 s. A minute keeps a slow run from failing on
+    // time and still fails a call that hangs.
     let config = AppConfig {
         request_timeout: Duration::from_secs(60),
         ..AppConfig::default()
@@ -496,6 +496,55 @@ async fn fifty_concurrent_identical_posts_make_one_session_counted_once() {
         .unwrap()
         .get(0);
     assert_eq!((rows, used), (1, 1));
+    assert_consistent(&client).await;
+}
+
+/// Waiting for a pooled connection is part of a request, bounded by its request
+/// timeout (README, configuration): a request that waits longer than the pool's
+/// own default wait (5 s) still gets its answer within its timeout, not a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_waits_for_a_pooled_connection_as_long_as_its_timeout_allows() {
+    let config = AppConfig {
+        request_timeout: Duration::from_secs(30),
+        ..AppConfig::default()
+    };
+    let (api, url, _) = seeded_api_with("tally_e2e_api_pool_wait", config).await;
+    let api = std::sync::Arc::new(api);
+    let token = api.token("jonas", Role::User);
+    // Every POST blocks on this lock holding its connection: the pool's 8 are taken,
+    // and the other 2 POSTs wait for one for as long as the lock is held.
+    let mut locker = connect(&url).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE tally.sessions IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (api, token) = (api.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            api.post(&token, json!({"kind": "practice"})).await.0
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    lock.commit().await.unwrap();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "{statuses:?}"
+    );
+    let client = connect(&url).await;
+    let used: i32 = client
+        .query_one(
+            "SELECT practice_sessions_used FROM tally.current_usage WHERE user_id = 'jonas'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 10);
     assert_consistent(&client).await;
 }
 
