@@ -28,9 +28,13 @@ INSERT INTO tally.sessions (user_id, kind, started_at) VALUES
 SELECT * FROM public.usage_by_period WHERE user_id = 'eve' ORDER BY user_id, period;
 SELECT count(*) AS drift FROM tally.verify();
 
--- the current period rolls over with now(); nothing needs a cron job
+-- the current period rolls over with now(); nothing needs a cron job. It is one of
+-- the anchor's periods [anchor + k months, anchor + (k+1) months), whatever the date
+-- (a period that starts on a clamped Feb 28 ends on Mar 31)
 SELECT period_start <= now() AND now() < period_end AS contains_now,
-       period_end = period_start + interval '1 month' OR extract(day FROM period_start) > 28 AS one_month
+       EXISTS (SELECT FROM generate_series(0, 1200) k
+                WHERE period_start = timestamptz '2026-01-31 00:00+00' + k * interval '1 month'
+                  AND period_end = timestamptz '2026-01-31 00:00+00' + (k + 1) * interval '1 month') AS one_month
 FROM tally.current_usage WHERE user_id = 'eve';
 
 -- changing the anchor re-buckets the user's usage from the sessions
