@@ -280,49 +280,14 @@ impl Table {
         snapshot: &StatementSnapshot,
         mut each: impl FnMut(&Slot) -> bool,
     ) {
-        // SAFETY: an index scan as the executor runs one: the index opened under
-        // AccessShareLock, keys on its columns with its collations, a slot of the
-        // table's own kind, all released at the end (or by the resource owner and the
-        // memory context at abort).
+        // SAFETY: an index scan as the executor runs one (IndexScan::begin), with a
+        // slot of the table's own kind, dropped at the end (or by the resource owner
+        // and the memory context at abort).
         unsafe {
-            let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
-            let form = (*index).rd_index;
-            let columns = (*form).indkey.values.as_slice((*form).indnkeyatts as usize);
-            let collations =
-                std::slice::from_raw_parts((*index).rd_indcollation, (*form).indnkeyatts as usize);
-            let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
-                .iter()
-                .map(|key| {
-                    let position = columns
-                        .iter()
-                        .position(|&c| c == key.column)
-                        .expect("tally: a key column is in its index");
-                    let mut scankey = std::mem::zeroed::<pg_sys::ScanKeyData>();
-                    pg_sys::ScanKeyEntryInitialize(
-                        &mut scankey,
-                        0,
-                        (position + 1) as pg_sys::AttrNumber,
-                        key.strategy as pg_sys::StrategyNumber,
-                        pg_sys::Oid::INVALID,
-                        collations[position],
-                        pg_sys::Oid::from(key.function),
-                        key.value,
-                    );
-                    scankey
-                })
-                .collect();
+            let scan = IndexScan::begin(self.relation, index, keys, snapshot);
             let slot = pg_sys::table_slot_create(self.relation, std::ptr::null_mut());
-            let scan =
-                pg_sys::index_beginscan(self.relation, index, snapshot.0, keys.len() as _, 0);
-            pg_sys::index_rescan(
-                scan,
-                scankeys.as_mut_ptr(),
-                keys.len() as _,
-                std::ptr::null_mut(),
-                0,
-            );
             while pg_sys::index_getnext_slot(
-                scan,
+                scan.scan,
                 pg_sys::ScanDirection::ForwardScanDirection,
                 slot,
             ) {
@@ -330,9 +295,81 @@ impl Table {
                     break;
                 }
             }
-            pg_sys::index_endscan(scan);
             pg_sys::ExecDropSingleTupleTableSlot(slot);
-            pg_sys::index_close(index, pg_sys::NoLock as _);
+        }
+    }
+
+    /// The TID of the first row found through `index` by `keys` and visible to
+    /// `snapshot`, for the caller to lock and update: the row's heap page read
+    /// without the executor's heap fetch, and pruned only when it has too little
+    /// room left for the row's next version.
+    ///
+    /// The executor's fetch prunes a page whenever its free space is under the
+    /// table's fillfactor margin (30% on tally.usage). A page filled to its
+    /// fillfactor is back at that margin as soon as a prune has freed the dead
+    /// versions, so a page of counter rows was pruned at nearly every update, a
+    /// scan of the whole page with a WAL record, a tenth or more of the counting
+    /// trigger (`perf`). Pruned here only when fewer than PRUNE_ROOM versions of this row
+    /// still fit, a page takes dozens of HOT updates between prunes, and a prune
+    /// that cannot take its cleanup lock (another backend has the page pinned) is
+    /// tried again at the next updates before the page is full. Other readers (the
+    /// usage view, SPI statements, VACUUM) prune as PostgreSQL does.
+    fn find_for_update(
+        &self,
+        index: pg_sys::Oid,
+        keys: &[Key],
+        snapshot: &StatementSnapshot,
+    ) -> Option<pg_sys::ItemPointerData> {
+        /// Versions of the row that must still fit for a page to go unpruned.
+        const PRUNE_ROOM: usize = 4;
+        // SAFETY: what heapam_index_fetch_tuple does for each TID of the index scan,
+        // with the prune made conditional: the TID's heap page pinned and share-locked
+        // while its HOT chain is searched for the version visible to the snapshot,
+        // then unlocked, pruned (heap_page_prune_opt, which takes the cleanup lock
+        // only if it can) with the pin alone held, and released. The TID returned is
+        // locked afresh by the caller, which follows any later version.
+        unsafe {
+            let scan = IndexScan::begin(self.relation, index, keys, snapshot);
+            loop {
+                let entry = pg_sys::index_getnext_tid(
+                    scan.scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                );
+                if entry.is_null() {
+                    return None;
+                }
+                let mut tid = *entry;
+                let buffer = pg_sys::ReadBuffer(
+                    self.relation,
+                    pgrx::itemptr::item_pointer_get_block_number(&tid),
+                );
+                pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as _);
+                let mut tuple = pg_sys::HeapTupleData::default();
+                let mut all_dead = false;
+                let visible = pg_sys::heap_hot_search_buffer(
+                    &mut tid,
+                    self.relation,
+                    buffer,
+                    snapshot.0,
+                    &mut tuple,
+                    &mut all_dead,
+                    true,
+                );
+                // A version's room: the tuple, aligned, and its line pointer.
+                let version = (tuple.t_len as usize).next_multiple_of(8)
+                    + std::mem::size_of::<pg_sys::ItemIdData>();
+                let crowded = visible
+                    && pg_sys::PageGetHeapFreeSpace(pg_sys::BufferGetPage(buffer))
+                        < PRUNE_ROOM * version;
+                pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as _);
+                if crowded {
+                    pg_sys::heap_page_prune_opt(self.relation, buffer);
+                }
+                pg_sys::ReleaseBuffer(buffer);
+                if visible {
+                    return Some(tid);
+                }
+            }
         }
     }
 
@@ -360,6 +397,80 @@ impl Table {
             false
         });
         Some(found)
+    }
+}
+
+/// An index scan by `keys`, as the executor begins one: the index opened under
+/// AccessShareLock, keys on its columns with its collations. Ended when dropped.
+struct IndexScan {
+    index: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+}
+
+impl IndexScan {
+    /// # Safety
+    /// `relation` is open; `index` is one of its indexes, and every key's column is
+    /// one of the index's.
+    unsafe fn begin(
+        relation: pg_sys::Relation,
+        index: pg_sys::Oid,
+        keys: &[Key],
+        snapshot: &StatementSnapshot,
+    ) -> IndexScan {
+        // SAFETY: the caller's contract; the scan keys are copied by index_rescan.
+        unsafe {
+            let index = pg_sys::index_open(index, pg_sys::AccessShareLock as _);
+            let form = (*index).rd_index;
+            let columns = (*form).indkey.values.as_slice((*form).indnkeyatts as usize);
+            let collations =
+                std::slice::from_raw_parts((*index).rd_indcollation, (*form).indnkeyatts as usize);
+            let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
+                .iter()
+                .map(|key| {
+                    let position = columns
+                        .iter()
+                        .position(|&c| c == key.column)
+                        .expect("tally: a key column is in its index");
+                    let mut scankey = std::mem::zeroed::<pg_sys::ScanKeyData>();
+                    pg_sys::ScanKeyEntryInitialize(
+                        &mut scankey,
+                        0,
+                        (position + 1) as pg_sys::AttrNumber,
+                        key.strategy as pg_sys::StrategyNumber,
+                        pg_sys::Oid::INVALID,
+                        collations[position],
+                        pg_sys::Oid::from(key.function),
+                        key.value,
+                    );
+                    scankey
+                })
+                .collect();
+            let scan = pg_sys::index_beginscan(relation, index, snapshot.0, keys.len() as _, 0);
+            pg_sys::index_rescan(
+                scan,
+                scankeys.as_mut_ptr(),
+                keys.len() as _,
+                std::ptr::null_mut(),
+                0,
+            );
+            IndexScan { index, scan }
+        }
+    }
+}
+
+impl Drop for IndexScan {
+    fn drop(&mut self) {
+        // An error raised inside the scan unwinds through here: the scan is left to
+        // the transaction's abort, which releases what it holds, rather than ended
+        // in a state the error may have left half-way.
+        if std::thread::panicking() {
+            return;
+        }
+        // SAFETY: begun in IndexScan::begin and not ended since.
+        unsafe {
+            pg_sys::index_endscan(self.scan);
+            pg_sys::index_close(self.index, pg_sys::NoLock as _);
+        }
     }
 }
 
@@ -762,13 +873,7 @@ pub(crate) fn add_to_usage(
     ];
     // The row as of now; its latest version is what gets locked.
     let snapshot = StatementSnapshot::take();
-    let mut found: Option<pg_sys::ItemPointerData> = None;
-    usage.scan(index, &keys, &snapshot, |row| {
-        // SAFETY: the slot holds the row just fetched.
-        found = Some(unsafe { (*row.0).tts_tid });
-        false
-    });
-    let mut tid = found?;
+    let mut tid = usage.find_for_update(index, &keys, &snapshot)?;
     // SAFETY: the executor's steps for ON CONFLICT DO UPDATE on a heap table, in READ
     // COMMITTED: lock the latest version of the row (table_tuple_lock with
     // TUPLE_LOCK_FLAG_FIND_LAST_VERSION, waiting), then heap-update that version,
