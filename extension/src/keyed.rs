@@ -309,11 +309,11 @@ impl Table {
     /// fillfactor is back at that margin as soon as a prune has freed the dead
     /// versions, so a page of counter rows was pruned at nearly every update, a
     /// scan of the whole page with a WAL record, a tenth or more of the counting
-    /// trigger (`perf`). Pruned here only when fewer than PRUNE_ROOM versions of this row
-    /// still fit, a page takes dozens of HOT updates between prunes, and a prune
-    /// that cannot take its cleanup lock (another backend has the page pinned) is
-    /// tried again at the next updates before the page is full. Other readers (the
-    /// usage view, SPI statements, VACUUM) prune as PostgreSQL does.
+    /// trigger (`perf`). Pruned here only when fewer than PRUNE_ROOM versions of
+    /// this row still fit, a page takes dozens of HOT updates between prunes, and a
+    /// prune that cannot take its cleanup lock (another backend has the page pinned)
+    /// is tried again at the next updates before the page is full. Other readers
+    /// (the usage view, SPI statements, VACUUM) prune as PostgreSQL does.
     fn find_for_update(
         &self,
         index: pg_sys::Oid,
@@ -356,7 +356,8 @@ impl Table {
                     true,
                 );
                 // A version's room: the tuple, aligned, and its line pointer.
-                let version = (tuple.t_len as usize).next_multiple_of(8)
+                let version = (tuple.t_len as usize)
+                    .next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize)
                     + std::mem::size_of::<pg_sys::ItemIdData>();
                 let crowded = visible
                     && pg_sys::PageGetHeapFreeSpace(pg_sys::BufferGetPage(buffer))
