@@ -93,6 +93,17 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def round_ratios(values, floors):
+    """Each round's value over its baseline's in the same round, as [median, lower
+    quartile, upper quartile]: the machine's speed drifts over minutes, which a
+    ratio of two medians taken apart carries and a ratio within a round cancels."""
+    ratios = sorted(v / f for v, f in zip(values, floors))
+    if len(ratios) < 2:
+        return [round(r, 3) for r in ratios * 3]
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return [round(statistics.median(ratios), 3), round(low, 3), round(high, 3)]
+
+
 def setup():
     subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", str(CLUSTER)], check=True)
     subprocess.run(["rm", "-rf", str(CLUSTER)], check=True)
@@ -240,7 +251,8 @@ def single():
         floor = median(tps[(clients, "plain")])
         for variant in SINGLE_VARIANTS:
             m = median(tps[(clients, variant)])
-            report.append({"clients": clients, "variant": variant, "median_tps": round(m), "vs_no_trigger": round(m / floor, 2)})
+            report.append({"clients": clients, "variant": variant, "median_tps": round(m), "vs_no_trigger": round(m / floor, 2),
+                           "round_ratios": round_ratios(tps[(clients, variant)], tps[(clients, "plain")])})
     results["single"] = report
 
 
@@ -284,7 +296,8 @@ def record():
             log(f"  record round {round_no + 1} clients  8 {variant:<16} {value:9.0f} tps")
     check_counters("tally")
     floor = median(tps["insert_returning"])
-    results["record"] = [{"clients": 8, "variant": v, "median_tps": round(median(t)), "vs_insert_returning": round(median(t) / floor, 2)}
+    results["record"] = [{"clients": 8, "variant": v, "median_tps": round(median(t)), "vs_insert_returning": round(median(t) / floor, 2),
+                          "round_ratios": round_ratios(t, tps["insert_returning"])}
                          for v, t in tps.items()]
 
 
@@ -501,6 +514,12 @@ def citus():
         subprocess.run([str(ROOT / "tests/citus_cluster.sh"), "stop", cluster], check=True)
 
 
+def spread(entry):
+    """A report entry's round ratios as text: median (lower quartile–upper quartile)."""
+    mid, low, high = entry["round_ratios"]
+    return f"{mid:.2f}x ({low:.2f}–{high:.2f})"
+
+
 def markdown(results):
     """The README tables for a results dictionary."""
     out = []
@@ -513,7 +532,8 @@ def markdown(results):
             cells = [f"{row[v]['median_tps']:,} ({row[v]['vs_no_trigger']:.2f}x)" for v in SINGLE_VARIANTS]
             cells.append(f"{row['tally']['median_tps'] / row['row_trigger']['median_tps']:.2f}x")
             out.append(f"| {clients} | " + " | ".join(cells) + " |")
-        out.append("")
+        out += ["", "tally over no trigger, round by round (median, quartiles): " + "; ".join(
+            f"{r['clients']} client{'s' if r['clients'] > 1 else ''} {spread(r)}" for r in results["single"] if r["variant"] == "tally" and "round_ratios" in r) + ".", ""]
     if "durable" in results:
         out += ["The same with synchronous_commit on (PostgreSQL's default durability):", "",
                 "| clients | no trigger | PL/pgSQL row trigger | tally | tally / row trigger |", "|---|---|---|---|---|"]
@@ -531,6 +551,9 @@ def markdown(results):
                 f"| {row['insert_returning']['median_tps']:,} tps "
                 f"| {row['tally_insert_returning']['median_tps']:,} tps ({row['tally_insert_returning']['vs_insert_returning']:.2f}x) "
                 f"| {row['record_session']['median_tps']:,} tps | {row['record_session']['vs_insert_returning']:.2f}x |", ""]
+        if "round_ratios" in row["record_session"]:
+            out += [f"Round by round over the plain INSERT … RETURNING (median, quartiles): counting alone "
+                    f"{spread(row['tally_insert_returning'])}, record_session {spread(row['record_session'])}.", ""]
     if "bulk" in results:
         out += ["Bulk loads, 10,000 users, five periods (seconds, median; ratio to no trigger):", "",
                 "| load | no trigger | PL/pgSQL row trigger | PL/pgSQL statement trigger | tally |", "|---|---|---|---|---|"]
