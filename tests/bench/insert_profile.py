@@ -43,7 +43,7 @@ STATEMENTS = {
 # frame (a substring of its name) is on its stack with the frames named after it
 # below that frame (`!name`: with none of that name below it).
 PARTS = [
-    ("counting trigger: usage row, index lookup", ["tally::keyed::add_to_usage", "tally::keyed::Table::scan"]),
+    ("counting trigger: usage row, found by key (index and heap page)", ["tally::keyed::add_to_usage", "tally::keyed::Table::find_for_update"]),
     ("counting trigger: usage row, lock and update", ["tally::keyed::add_to_usage"]),
     ("counting trigger: subscription lookup", ["tally::counting::subscription"]),
     ("counting trigger: limit check", ["tally::limits::check_limits"]),
