@@ -85,6 +85,10 @@ BEGIN
     -- unique per user from here on.
     ALTER TABLE tally.sessions DROP CONSTRAINT sessions_session_id_key;
     ALTER TABLE tally.learning_plans DROP CONSTRAINT learning_plans_learning_plan_id_key;
+    -- The bound on started sessions is kept on one node only: on Citus a kind's
+    -- counter change, repair and the workers' triggers would each have to reach every
+    -- shard to make it unknown. Without it, every limit check counts reservations.
+    ALTER TABLE tally.usage DROP COLUMN IF EXISTS started_bound;
 
     SET LOCAL citus.enable_unsafe_triggers = on;
     -- Foreign keys to reference tables need one connection per node for the whole

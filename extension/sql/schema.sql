@@ -90,9 +90,13 @@ CREATE TABLE tally.usage (
     period_end              timestamptz NOT NULL,
     practice_sessions_used  integer NOT NULL DEFAULT 0,
     assessments_used        integer NOT NULL DEFAULT 0,
+    -- The limit check's shortcut (extension/src/keyed.rs, add_to_usage). Last: a
+    -- database updated from 0.8.0 gets it by ADD COLUMN, at the end.
+    started_bound           integer,
     PRIMARY KEY (user_id, period_start)
 ) WITH (fillfactor = 70);
 COMMENT ON TABLE tally.usage IS 'Maintained by tally only: completed sessions per user and billing period. A missing row means zero usage.';
+COMMENT ON COLUMN tally.usage.started_bound IS 'Maintained by tally only: at least the number of started sessions of metered kinds in the period, or NULL when not known. A limit check skips counting reservations when it is 0.';
 
 CREATE TABLE tally.adjustments (
     adjustment_id  bigserial,

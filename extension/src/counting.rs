@@ -226,27 +226,71 @@ const COUNTER_SQL: &str = "SELECT counter FROM tally.session_kinds WHERE kind = 
 
 const KINDS_SQL: &str = "SELECT array_agg(kind), array_agg(counter) FROM tally.session_kinds";
 
-const RAISE_ONE_SQL: &str = r#"
+/// The counter upsert of one (user, period). Where tally.usage has `started_bound`
+/// (crate::keyed::add_to_usage), a write through SQL makes it unknown (NULL): only
+/// the write by key keeps it.
+macro_rules! raise_one_sql {
+    ($bound:literal) => {
+        concat!(
+            r#"
 INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (user_id, period_start) DO UPDATE
    SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
-       assessments_used = u.assessments_used + excluded.assessments_used
+       assessments_used = u.assessments_used + excluded.assessments_used"#,
+            $bound,
+            r#"
 RETURNING practice_sessions_used, assessments_used
-"#;
+"#
+        )
+    };
+}
 
-/// RAISE_ONE_SQL for many (user, period) groups at once, in key order, where the
+/// raise_one_sql! for many (user, period) groups at once, in key order, where the
 /// usage table is this node's own (one node, or a co-located shard): one statement
 /// for a bulk load instead of one per group.
-const RAISE_MANY_SQL: &str = r#"
+macro_rules! raise_many_sql {
+    ($bound:literal) => {
+        concat!(
+            r#"
 INSERT INTO tally.usage AS u (user_id, period_start, period_end, practice_sessions_used, assessments_used)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[], $5::int[])
  ORDER BY 1, 2
 ON CONFLICT (user_id, period_start) DO UPDATE
    SET practice_sessions_used = u.practice_sessions_used + excluded.practice_sessions_used,
-       assessments_used = u.assessments_used + excluded.assessments_used
+       assessments_used = u.assessments_used + excluded.assessments_used"#,
+            $bound,
+            r#"
 RETURNING user_id, period_start, practice_sessions_used, assessments_used
-"#;
+"#
+        )
+    };
+}
+
+/// The upserts (raise_one_sql!, raise_many_sql!) for a usage table with or without
+/// `started_bound`.
+struct Upserts {
+    one: &'static str,
+    many: &'static str,
+}
+
+const UPSERTS_CLEARING_BOUND: Upserts = Upserts {
+    one: raise_one_sql!(",\n       started_bound = NULL"),
+    many: raise_many_sql!(",\n       started_bound = NULL"),
+};
+
+const UPSERTS: Upserts = Upserts {
+    one: raise_one_sql!(""),
+    many: raise_many_sql!(""),
+};
+
+fn upserts() -> &'static Upserts {
+    if keyed::usage_keeps_started_bound() {
+        &UPSERTS_CLEARING_BOUND
+    } else {
+        &UPSERTS
+    }
+}
 
 const LOWER_ONE_SQL: &str = r#"
 UPDATE tally.usage
@@ -258,6 +302,18 @@ UPDATE tally.usage
 const PLAN_ONE_SQL: &str =
     "UPDATE tally.learning_plans SET completed_sessions = completed_sessions + $3
  WHERE user_id = $1 AND learning_plan_id = $2";
+
+/// Makes the bound on started sessions of every usage row unknown (NULL), where
+/// tally.usage keeps one (crate::keyed::add_to_usage): after writes no trigger counted
+/// (tally.repair()), or when a kind's sessions start or stop counting. The next
+/// single-row write of each row counts its reservations and writes the bound again.
+/// The caller holds an InternalWrite and runs as the tables' owner.
+pub(crate) fn forget_started_bounds() {
+    if keyed::usage_keeps_started_bound() {
+        Spi::run("UPDATE tally.usage SET started_bound = NULL WHERE started_bound IS NOT NULL")
+            .unwrap_or_else(|e| panic!("tally: cannot forget the bounds on started sessions: {e}"));
+    }
+}
 
 /// Rows in a transition table, without reading it.
 fn rows_in(table: *mut pg_sys::Tuplestorestate) -> i64 {
@@ -294,7 +350,7 @@ fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
                     assessments_used: usage.assessments_used,
                     practice_limit: facts.practice_limit,
                     assessments_limit: facts.assessments_limit,
-                    in_progress,
+                    in_progress: in_progress.or(applied.reservations),
                     on_shard: ShardTables::in_shard(),
                 }));
             }
@@ -357,14 +413,22 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes, rows: i64) -> Vec<L
             let used =
                 match raised.remove(&(group.user_id.clone(), group.period_start.into_inner())) {
                     Some(used) => used,
-                    None => raise(
-                        client,
-                        &group.user_id,
-                        group.period_start,
-                        group.period_end,
-                        practice,
-                        assessments,
-                    ),
+                    None => {
+                        let change = keyed::UsageChange {
+                            practice,
+                            assessments,
+                            started: None,
+                            reservations_wanted: false,
+                        };
+                        raise(
+                            client,
+                            &group.user_id,
+                            group.period_start,
+                            group.period_end,
+                            &change,
+                        )
+                        .used
+                    }
                 };
             for counter in [Counter::PracticeSessions, Counter::Assessments] {
                 let added = counter.of(group.added.0, group.added.1);
@@ -380,6 +444,7 @@ fn apply_many(client: &mut SpiClient<'_>, changes: &Changes, rows: i64) -> Vec<L
                         added,
                         limit,
                         unheld: counter.of(group.unheld.0, group.unheld.1),
+                        in_progress: None,
                     });
                 }
             }
@@ -497,7 +562,7 @@ impl Group {
     }
 }
 
-/// RAISE_ONE_SQL for every group in one statement. Returns the counters after the
+/// raise_one_sql! for every group in one statement. Returns the counters after the
 /// write by (user, period start).
 fn raise_many<'a>(
     client: &mut SpiClient<'_>,
@@ -514,7 +579,7 @@ fn raise_many<'a>(
     }
     run_cached_as_planned(
         client,
-        RAISE_MANY_SQL,
+        upserts().many,
         &[
             TEXT_ARRAY,
             TIMESTAMPTZ_ARRAY,
@@ -543,33 +608,35 @@ fn raise_many<'a>(
 /// Adds to a usage row, creating it if needed; the write takes the row lock that
 /// serializes limit checks. An existing row is updated by key without the executor
 /// where that means the same (crate::keyed::add_to_usage), else the upsert runs.
-/// Returns the counters after the write.
+/// Returns the counters after the write, and the reservations when known.
 fn raise(
     client: &mut SpiClient<'_>,
     user_id: &str,
     start: TimestampWithTimeZone,
     end: TimestampWithTimeZone,
-    practice: i32,
-    assessments: i32,
-) -> (i32, i32) {
-    if let Some(after) = keyed::add_to_usage(user_id, start, practice, assessments) {
-        return after;
+    change: &keyed::UsageChange,
+) -> keyed::UsageWritten {
+    if let Some(written) = keyed::add_to_usage(user_id, start, end, change) {
+        return written;
     }
     let row = run_cached_as_planned(
         client,
-        RAISE_ONE_SQL,
+        upserts().one,
         &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4, INT4],
         &[
             user_id.into(),
             start.into(),
             end.into(),
-            practice.into(),
-            assessments.into(),
+            change.practice.into(),
+            change.assessments.into(),
         ],
     )
     .next()
     .expect("an upsert returns its row");
-    (get(&row, 1), get(&row, 2))
+    keyed::UsageWritten {
+        used: (get(&row, 1), get(&row, 2)),
+        reservations: None,
+    }
 }
 
 /// Subtracts from a usage row, which exists: the sessions it counted did.
@@ -627,10 +694,12 @@ struct UsageAfter {
     assessments_used: i32,
 }
 
-/// What applying one row did: the limit check it needs, and the usage row it raised.
+/// What applying one row did: the limit check it needs, the usage row it raised, and
+/// the reservations in that row's period when they were known under its lock.
 struct Applied {
     checks: Vec<LimitCheck>,
     usage: Option<UsageAfter>,
+    reservations: Option<(i32, i32)>,
 }
 
 impl RowFacts {
@@ -733,6 +802,7 @@ fn apply_one(
     let counted = |row: Option<&RowFacts>| row.filter(|r| r.completed()).map_or(0, |_| 1);
     let mut checks = Vec::new();
     let mut usage = None;
+    let mut reservations = None;
 
     // user_id, kind and started_at never change, so both rows share one usage row.
     if let Some(facts) = new.or(old).filter(|r| r.counter.metered()) {
@@ -744,8 +814,23 @@ fn apply_one(
         // held: it is checked like a new session.
         let retakes = old.is_some_and(|o| o.expired) && sign > 0;
         if sign > 0 || reserves {
-            let (practice_used, assessments_used) =
-                raise(client, &facts.user_id, start, end, practice, assessments);
+            let checked = (reserves || retakes) && settings::enforce_limits();
+            let limit = facts.limit().filter(|_| checked);
+            // The period's started sessions (tally.usage.started_bound): one more for
+            // a session inserted started, one fewer for a started one completed.
+            let started = if old.is_none() {
+                i32::from(facts.status == "started")
+            } else {
+                -i32::from(old.is_some_and(|o| o.status == "started"))
+            };
+            let change = keyed::UsageChange {
+                practice,
+                assessments,
+                started: Some(started),
+                reservations_wanted: limit.is_some(),
+            };
+            let written = raise(client, &facts.user_id, start, end, &change);
+            let (practice_used, assessments_used) = written.used;
             let used = facts.counter.of(practice_used, assessments_used);
             usage = Some(UsageAfter {
                 period_start: start,
@@ -753,8 +838,8 @@ fn apply_one(
                 practice_used,
                 assessments_used,
             });
-            let checked = (reserves || retakes) && settings::enforce_limits();
-            if let (true, Some(limit)) = (checked, facts.limit()) {
+            reservations = written.reservations;
+            if let Some(limit) = limit {
                 checks.push(LimitCheck {
                     user_id: facts.user_id.clone(),
                     period_start: start,
@@ -765,6 +850,7 @@ fn apply_one(
                     added: 1,
                     limit,
                     unheld: new.filter(|n| reserves && n.expired).map_or(0, |_| 1),
+                    in_progress: written.reservations,
                 });
             }
         } else if sign < 0 {
@@ -784,7 +870,11 @@ fn apply_one(
     for (user, plan, delta) in changes.into_iter().flatten().filter(|_| !cancel_out) {
         change_plan(client, user, plan, delta);
     }
-    Applied { checks, usage }
+    Applied {
+        checks,
+        usage,
+        reservations,
+    }
 }
 
 fn count_update(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {

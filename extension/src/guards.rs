@@ -157,6 +157,32 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
         )
         .hint("map a new kind instead and use it for new sessions"));
     }
+    // A kind that counted nothing starts counting: its started sessions were never
+    // in the bounds on started sessions (tally.usage.started_bound, one node only),
+    // which then become unknown. Sessions of the kind inserted meanwhile wait for
+    // this transaction (their foreign key check's lock conflicts with the row lock
+    // above); tally.usage is locked against counter writes until commit, so that no
+    // write counts these sessions under the old counter and keeps the result.
+    let new = trigger.new().expect("row trigger has a new row");
+    let starts_counting = column::<String>(&old, "counter").as_deref() == Some("none")
+        && column::<String>(&new, "counter").as_deref() != Some("none");
+    if starts_counting
+        && !citus::on_shard(relation, c"session_kinds")
+        && crate::keyed::usage_keeps_started_bound()
+    {
+        let started = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM tally.sessions WHERE kind = $1 AND status = 'started')",
+            &[kind.clone().into()],
+        )
+        .unwrap_or_else(|e| panic!("tally: cannot check kind usage: {e}"))
+        .unwrap_or(false);
+        if started {
+            let _internal = internal::InternalWrite::begin();
+            Spi::run("LOCK TABLE tally.usage IN SHARE MODE")
+                .unwrap_or_else(|e| panic!("tally: cannot lock tally.usage: {e}"));
+            crate::counting::forget_started_bounds();
+        }
+    }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }
 entry!(

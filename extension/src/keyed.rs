@@ -81,6 +81,10 @@ struct Resolved {
     /// `tally.forget_session_kinds()`), enabled ALWAYS: what is read from it may be
     /// kept (crate::reference).
     forgets_on_write: bool,
+    /// tally.usage's `started_bound` column (see `add_to_usage`): absent before 0.9.0
+    /// (the library serves such a database until its update) and on a distributed
+    /// tally (`tally.distribute()` drops it).
+    started_bound: Option<pg_sys::AttrNumber>,
 }
 
 thread_local! {
@@ -180,6 +184,7 @@ impl Table {
                     only_primary_key: false,
                     guard_triggers_only: false,
                     forgets_on_write: false,
+                    started_bound: None,
                 },
             };
             table.found.primary_key = table.primary_key_index();
@@ -192,6 +197,7 @@ impl Table {
             table.found.reservations = table.index_named("sessions_reservations_idx");
             table.found.guard_triggers_only = table.guard_triggers_only();
             table.found.forgets_on_write = table.forgets_on_write();
+            table.found.started_bound = column_if_any(relation, "started_bound");
             Some(table)
         }
     }
@@ -489,6 +495,11 @@ fn runs_tally_function(trigger: &pg_sys::Trigger, names: &[&CStr]) -> bool {
 
 /// The attribute number of column `name` of `relation`.
 pub(crate) fn column_of(relation: pg_sys::Relation, name: &str) -> pg_sys::AttrNumber {
+    column_if_any(relation, name).unwrap_or_else(|| panic!("tally: no column {name}"))
+}
+
+/// The attribute number of a column, if the table has it.
+fn column_if_any(relation: pg_sys::Relation, name: &str) -> Option<pg_sys::AttrNumber> {
     // SAFETY: the relation is open; its tuple descriptor is read, not kept.
     unsafe {
         let desc = (*relation).rd_att;
@@ -501,7 +512,6 @@ pub(crate) fn column_of(relation: pg_sys::Relation, name: &str) -> pg_sys::AttrN
                     && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
             })
             .map(|i| (i + 1) as pg_sys::AttrNumber)
-            .unwrap_or_else(|| panic!("tally: no column {name}"))
     }
 }
 
@@ -731,6 +741,19 @@ impl Reservations {
         end: TimestampWithTimeZone,
         cutoff: TimestampWithTimeZone,
     ) -> (i32, i32) {
+        let found = self.count_started(user_id, start, end, cutoff);
+        (found.practice, found.assessments)
+    }
+
+    /// `count`, and every started session of a metered kind in the period, holding a
+    /// reservation or not (what tally.usage.started_bound bounds).
+    pub(crate) fn count_started(
+        &mut self,
+        user_id: &str,
+        start: TimestampWithTimeZone,
+        end: TimestampWithTimeZone,
+        cutoff: TimestampWithTimeZone,
+    ) -> StartedSessions {
         let sessions = &self.sessions;
         let (user, started, status, kind) = (
             sessions.column("user_id"),
@@ -759,20 +782,20 @@ impl Reservations {
                 value: datum(end.into_datum()),
             },
         ];
-        let mut held: Vec<String> = Vec::new();
+        // (kind, whether it holds a reservation) of every started session in the period.
+        let mut open: Vec<(String, bool)> = Vec::new();
         sessions.scan(self.index, &keys, &self.snapshot, |row| {
             // The index holds started sessions only; the row is checked all the same.
-            let holds = row.get::<String>(status).as_deref() == Some("started")
-                && row
+            if row.get::<String>(status).as_deref() == Some("started") {
+                let holds = row
                     .get::<TimestampWithTimeZone>(started)
                     .is_some_and(|at| at > cutoff);
-            if holds {
-                held.extend(row.get::<String>(kind));
+                open.extend(row.get::<String>(kind).map(|kind| (kind, holds)));
             }
             true
         });
-        let (mut practice, mut assessments) = (0, 0);
-        for kind in held {
+        let mut found = StartedSessions::default();
+        for (kind, holds) in open {
             if !self.counters.contains_key(&kind) {
                 // A session's kind exists (foreign key), and kinds in use keep their
                 // counter (tally.session_kinds' rule).
@@ -780,14 +803,27 @@ impl Reservations {
                     .expect("tally: a session's kind exists");
                 self.counters.insert(kind.clone(), counter);
             }
-            match self.counters[&kind] {
-                Counter::PracticeSessions => practice += 1,
-                Counter::Assessments => assessments += 1,
-                Counter::Unmetered => {}
+            let counter = self.counters[&kind];
+            if counter.metered() {
+                found.metered += 1;
+            }
+            match counter {
+                Counter::PracticeSessions if holds => found.practice += 1,
+                Counter::Assessments if holds => found.assessments += 1,
+                _ => {}
             }
         }
-        (practice, assessments)
+        found
     }
+}
+
+/// Started sessions in one (user, period): those holding a reservation per counter,
+/// and every one of a metered kind.
+#[derive(Default)]
+pub(crate) struct StartedSessions {
+    pub practice: i32,
+    pub assessments: i32,
+    pub metered: i32,
 }
 
 /// The counter of session kind `kind`.
@@ -813,12 +849,48 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
     .expect("timestamptz - interval is not NULL")
 }
 
-/// Adds `practice` and `assessments` to the existing usage row of (user, period)
-/// without the executor, as `INSERT … ON CONFLICT DO UPDATE` updates it: the row's
-/// latest version locked (waiting for a concurrent writer and following its update,
-/// as READ COMMITTED does), then updated in place of the executor's ExecUpdate (a HOT
-/// update when the page has room, else with its index entry). Returns the counters
-/// after the write.
+/// Whether tally.usage here has `started_bound` (0.9.0 on, on one node): a write to
+/// it through SQL must then make the bound unknown.
+pub(crate) fn usage_keeps_started_bound() -> bool {
+    Table::open("tally.usage").is_some_and(|usage| usage.found.started_bound.is_some())
+}
+
+/// A change to one usage row: its counters, and what the statement did to the
+/// period's started sessions.
+pub(crate) struct UsageChange {
+    pub practice: i32,
+    pub assessments: i32,
+    /// Started sessions of a metered kind added (1: one inserted started) or taken
+    /// away (-1: one completed); None when not known (a statement of many rows),
+    /// which leaves the row's bound unknown (NULL).
+    pub started: Option<i32>,
+    /// The caller checks a limit: the reservations are wanted.
+    pub reservations_wanted: bool,
+}
+
+/// A usage row after `add_to_usage`.
+pub(crate) struct UsageWritten {
+    /// (practice, assessments) after the write.
+    pub used: (i32, i32),
+    /// Reservations held in the period, (practice, assessments), when known under the
+    /// row lock: counted, or none because the row's bound is 0.
+    pub reservations: Option<(i32, i32)>,
+}
+
+/// Adds `change` to the existing usage row of (user, period) without the executor,
+/// as `INSERT … ON CONFLICT DO UPDATE` updates it: the row's latest version locked
+/// (waiting for a concurrent writer and following its update, as READ COMMITTED
+/// does), then updated in place of the executor's ExecUpdate (a HOT update when the
+/// page has room, else with its index entry).
+///
+/// The row's `started_bound` (0.9.0 on, one node) is an upper bound on the period's
+/// started sessions of metered kinds, or NULL when unknown; it is changed only here,
+/// under the row lock every writer of a started session takes (set-based counting,
+/// re-bucketing and repair set it NULL). A bound of 0 means no reservation is held:
+/// the limit check needs no count. Where a count is wanted (or the bound is
+/// unknown), the reservations are counted here, under the lock and with a snapshot
+/// taken after it was granted, and the exact number of started sessions is written
+/// back with the counters, in the same row version.
 ///
 /// None, having written nothing, wherever the executor is needed for it to mean the
 /// same: no row yet (an insert, with its speculative insertion), a REPEATABLE READ
@@ -829,9 +901,9 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
 pub(crate) fn add_to_usage(
     user_id: &str,
     period_start: TimestampWithTimeZone,
-    practice: i32,
-    assessments: i32,
-) -> Option<(i32, i32)> {
+    period_end: TimestampWithTimeZone,
+    change: &UsageChange,
+) -> Option<UsageWritten> {
     // SAFETY: reads the backend's isolation level.
     let snapshot_isolation =
         unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::os::raw::c_int;
@@ -911,31 +983,59 @@ pub(crate) fn add_to_usage(
             row.get::<i32>(assessments_used)
                 .expect("tally: usage counters are not NULL"),
         );
-        if practice == 0 && assessments == 0 {
-            // Nothing to add: the row lock is what the caller needs (it serializes
-            // limit checks), as ON CONFLICT's lock would.
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
-            return Some(before);
-        }
         let after = (
             before
                 .0
-                .checked_add(practice)
+                .checked_add(change.practice)
                 .expect("tally: usage counter overflow"),
             before
                 .1
-                .checked_add(assessments)
+                .checked_add(change.assessments)
                 .expect("tally: usage counter overflow"),
         );
+        // The bound: kept up to date by the change, else counted under the lock.
+        let bound_column = usage.found.started_bound;
+        let bound_before = bound_column.and_then(|column| row.get::<i32>(column));
+        let mut bound = bound_before
+            .zip(change.started)
+            .map(|(bound, started)| bound.saturating_add(started).max(0));
+        let mut reservations = None;
+        if bound == Some(0) {
+            reservations = Some((0, 0));
+        } else if bound_column.is_some()
+            && change.started.is_some()
+            && (change.reservations_wanted || bound.is_none())
+        {
+            if let Some(mut counting) = Reservations::here() {
+                let found =
+                    counting.count_started(user_id, period_start, period_end, reservation_cutoff());
+                reservations = Some((found.practice, found.assessments));
+                bound = Some(found.metered);
+            }
+        }
+        if after == before && bound == bound_before {
+            // Nothing to write: the row lock is what the caller needs (it serializes
+            // limit checks), as ON CONFLICT's lock would.
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            return Some(UsageWritten {
+                used: before,
+                reservations,
+            });
+        }
         let mut should_free = false;
         let old = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
-        let mut columns = [practice_used as std::os::raw::c_int, assessments_used as _];
-        let mut values = [pg_sys::Datum::from(after.0), pg_sys::Datum::from(after.1)];
-        let mut nulls = [false, false];
+        let mut columns = vec![practice_used as std::os::raw::c_int, assessments_used as _];
+        let mut values = vec![pg_sys::Datum::from(after.0), pg_sys::Datum::from(after.1)];
+        let mut nulls = vec![false, false];
+        if let (Some(column), true) = (bound_column, bound != bound_before) {
+            columns.push(column as _);
+            values.push(pg_sys::Datum::from(bound.unwrap_or(0)));
+            nulls.push(bound.is_none());
+        }
         let new = pg_sys::heap_modify_tuple_by_cols(
             old,
             (*relation).rd_att,
-            2,
+            columns.len() as _,
             columns.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
@@ -979,6 +1079,13 @@ pub(crate) fn add_to_usage(
             pg_sys::heap_freetuple(old);
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
-        Some(after)
+        // The write made visible to what follows, as after a statement: the command
+        // counter a single-row INSERT's figures are kept under (crate::counted) is
+        // then the one its statement ends with.
+        pg_sys::CommandCounterIncrement();
+        Some(UsageWritten {
+            used: after,
+            reservations,
+        })
     }
 }

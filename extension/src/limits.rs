@@ -43,6 +43,10 @@ pub(crate) struct LimitCheck {
     /// New started sessions whose reservation expired at birth: they hold no slot
     /// (not in the reservation count) but each needs one free when inserted.
     pub unheld: i32,
+    /// The reservations in the period, (practice, assessments), when the counter
+    /// write knew them under the row lock (crate::keyed::add_to_usage); counted here
+    /// otherwise.
+    pub in_progress: Option<(i32, i32)>,
 }
 
 /// How tally's own statements are planned while alive, undone at drop (or by
@@ -123,20 +127,21 @@ pub(crate) fn check_limits(
     let mut in_progress = Vec::with_capacity(checks.len());
     // Read by key where tally's tables are this node's own (crate::keyed), else
     // one routed count per check: on Citus each reads one user's shard.
-    let mut by_key = if checks.is_empty() {
+    let mut by_key = if checks.iter().all(|check| check.in_progress.is_some()) {
         None
     } else {
         crate::keyed::Reservations::here().map(|r| (r, crate::keyed::reservation_cutoff()))
     };
     for check in checks {
-        let (practice, assessments) = match by_key.as_mut() {
-            Some((reservations, cutoff)) => reservations.count(
+        let (practice, assessments) = match (check.in_progress, by_key.as_mut()) {
+            (Some(known), _) => known,
+            (None, Some((reservations, cutoff))) => reservations.count(
                 &check.user_id,
                 check.period_start,
                 check.period_end,
                 *cutoff,
             ),
-            None => {
+            (None, None) => {
                 let row = run_cached(
                     client,
                     RESERVATIONS_SQL,

@@ -290,6 +290,11 @@ pub fn repair() -> i64 {
             };
             fixed += i64::from(done);
         }
+        // Sessions written while counting was off may be started ones the bounds
+        // never saw (a distributed tally keeps none).
+        if !distributed {
+            crate::counting::forget_started_bounds();
+        }
         fixed
     })
 }

@@ -113,8 +113,45 @@ LEFT JOIN (SELECT x.user_id, x.learning_plan_id, count(*) AS done
 WHERE lp.completed_sessions <> coalesce(d.done, 0)
 "#;
 
-/// Panics unless both the independent recount and tally.verify() find nothing.
+/// Usage rows whose bound on started sessions (tally.usage.started_bound, kept on
+/// one node) is below the started sessions of metered kinds in their period.
+const STARTED_BOUND_VIOLATIONS: &str = r#"
+SELECT 'usage ' || u.user_id || ' ' || u.period_start || ': started_bound ' || u.started_bound
+       || ' below ' || count(*) || ' started sessions'
+FROM tally.usage u
+JOIN tally.sessions x ON x.user_id = u.user_id AND x.started_at >= u.period_start AND x.started_at < u.period_end
+JOIN tally.session_kinds k ON k.kind = x.kind
+WHERE x.status = 'started' AND k.counter <> 'none' AND u.started_bound IS NOT NULL
+GROUP BY u.user_id, u.period_start, u.started_bound
+HAVING count(*) > u.started_bound
+"#;
+
+/// Panics unless the independent recount and tally.verify() find nothing, and no
+/// bound on started sessions is below what it bounds.
 pub async fn assert_consistent(client: &Client) {
+    let keeps_bound: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tally.usage'::regclass
+                             AND attname = 'started_bound' AND NOT attisdropped)",
+            &[],
+        )
+        .await
+        .expect("started_bound column")
+        .get(0);
+    if keeps_bound {
+        let below: Vec<String> = client
+            .query(STARTED_BOUND_VIOLATIONS, &[])
+            .await
+            .expect("started bound recount")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            below.is_empty(),
+            "bounds on started sessions below a recount of tally.sessions:\n{}",
+            below.join("\n")
+        );
+    }
     let recount: Vec<String> = client
         .query(RECOUNT_MISMATCHES, &[])
         .await

@@ -123,15 +123,21 @@ UNION ALL SELECT 'in a learning plan', * FROM pg_temp.record('tomas', 'learning_
 UNION ALL SELECT 'no limits to report', * FROM pg_temp.record('ana', 'practice')
 UNION ALL SELECT 'the limited counter', * FROM pg_temp.record('uma', 'practice');
 -- Read from the view: a retry (nothing inserted), a session of an earlier period,
--- a kind that counts nothing, limits not enforced (no reservations counted), and an
--- unlimited counter on a plan whose other counter is limited.
+-- a kind that counts nothing, limits not enforced (no reservations counted; tomas
+-- has started sessions, so the usage row's bound on them is not 0).
 SELECT 'retry' AS "case", * FROM pg_temp.record('tomas', 'practice', id => '7b000000-0000-4000-8000-000000000010')
 UNION ALL SELECT 'earlier period', * FROM pg_temp.record('tomas', 'practice', started => now() - interval '40 days')
 UNION ALL SELECT 'counts nothing', * FROM pg_temp.record('tomas', 'warmup');
 SET tally.enforce_limits = off;
 SELECT 'limits off' AS "case", * FROM pg_temp.record('tomas', 'practice');
 RESET tally.enforce_limits;
-SELECT 'unlimited counter' AS "case", * FROM pg_temp.record('uma', 'assessment');
+-- An unlimited counter on a plan whose other counter is limited: no limit check, so
+-- the reservations the document needs are known only while the usage row's bound
+-- says no session is started (tally.usage.started_bound = 0); with one started, the
+-- view is read.
+SELECT 'unlimited counter' AS "case", * FROM pg_temp.record('uma', 'assessment')
+UNION ALL SELECT 'unlimited, one started', * FROM pg_temp.record('uma', 'assessment', 'started')
+UNION ALL SELECT 'unlimited, after it', * FROM pg_temp.record('uma', 'assessment');
 -- The trigger's figures describe the moment after its INSERT: any later write in
 -- the transaction, or rolling the INSERT back to a savepoint, sends the next reader
 -- to the view (no lookup of the subscription for the figures, one for the view).
