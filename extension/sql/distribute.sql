@@ -85,10 +85,6 @@ BEGIN
     -- unique per user from here on.
     ALTER TABLE tally.sessions DROP CONSTRAINT sessions_session_id_key;
     ALTER TABLE tally.learning_plans DROP CONSTRAINT learning_plans_learning_plan_id_key;
-    -- The bound on started sessions is kept on one node only: on Citus a kind's
-    -- counter change, repair and the workers' triggers would each have to reach every
-    -- shard to make it unknown. Without it, every limit check counts reservations.
-    ALTER TABLE tally.usage DROP COLUMN IF EXISTS started_bound;
 
     SET LOCAL citus.enable_unsafe_triggers = on;
     -- Foreign keys to reference tables need one connection per node for the whole
@@ -101,6 +97,12 @@ BEGIN
     FOREACH t IN ARRAY reference_tables || distributed_tables LOOP
         EXECUTE format('ALTER TABLE tally.%I DISABLE TRIGGER USER', t);
     END LOOP;
+    -- The bound on started sessions is kept on one node only (a kind's counter
+    -- change, repair and set-based writes would each have to reach every shard to
+    -- make it unknown): NULL from here on, and the library does not read it on a
+    -- shard, so every limit check counts reservations. (The column stays: the views
+    -- over tally.usage name it.)
+    UPDATE tally.usage SET started_bound = NULL WHERE started_bound IS NOT NULL;
     FOREACH t IN ARRAY reference_tables LOOP
         PERFORM create_reference_table(format('tally.%I', t)::regclass);
     END LOOP;

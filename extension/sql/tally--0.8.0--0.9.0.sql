@@ -4,9 +4,8 @@
 \echo Use "ALTER EXTENSION tally UPDATE TO '0.9.0'" to load this file. \quit
 
 -- NULL (unknown) in every row: the first single-row write of each row counts its
--- reservations and writes the bound. A distributed tally keeps no bound
--- (tally.distribute() drops the column): its tables, no longer extension members,
--- are left as they are.
+-- reservations and writes the bound. A distributed tally keeps no bound: its
+-- tables, no longer extension members, are left as they are.
 DO $do$
 DECLARE
     distributed boolean := false;
@@ -23,8 +22,8 @@ BEGIN
 END
 $do$;
 
--- distribute() drops the column before distributing (CREATE OR REPLACE keeps the
--- function's grants and comment).
+-- distribute() makes the bound NULL before distributing (CREATE OR REPLACE keeps
+-- the function's grants and comment).
 CREATE OR REPLACE FUNCTION tally.distribute(shard_count integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -110,10 +109,6 @@ BEGIN
     -- unique per user from here on.
     ALTER TABLE tally.sessions DROP CONSTRAINT sessions_session_id_key;
     ALTER TABLE tally.learning_plans DROP CONSTRAINT learning_plans_learning_plan_id_key;
-    -- The bound on started sessions is kept on one node only: on Citus a kind's
-    -- counter change, repair and the workers' triggers would each have to reach every
-    -- shard to make it unknown. Without it, every limit check counts reservations.
-    ALTER TABLE tally.usage DROP COLUMN IF EXISTS started_bound;
 
     SET LOCAL citus.enable_unsafe_triggers = on;
     -- Foreign keys to reference tables need one connection per node for the whole
@@ -126,6 +121,12 @@ BEGIN
     FOREACH t IN ARRAY reference_tables || distributed_tables LOOP
         EXECUTE format('ALTER TABLE tally.%I DISABLE TRIGGER USER', t);
     END LOOP;
+    -- The bound on started sessions is kept on one node only (a kind's counter
+    -- change, repair and set-based writes would each have to reach every shard to
+    -- make it unknown): NULL from here on, and the library does not read it on a
+    -- shard, so every limit check counts reservations. (The column stays: the views
+    -- over tally.usage name it.)
+    UPDATE tally.usage SET started_bound = NULL WHERE started_bound IS NOT NULL;
     FOREACH t IN ARRAY reference_tables LOOP
         PERFORM create_reference_table(format('tally.%I', t)::regclass);
     END LOOP;

@@ -82,8 +82,9 @@ struct Resolved {
     /// kept (crate::reference).
     forgets_on_write: bool,
     /// tally.usage's `started_bound` column (see `add_to_usage`): absent before 0.9.0
-    /// (the library serves such a database until its update) and on a distributed
-    /// tally (`tally.distribute()` drops it).
+    /// (the library serves such a database until its update), and not used on a
+    /// Citus shard (a distributed tally keeps no bound; `tally.distribute()` makes it
+    /// NULL).
     started_bound: Option<pg_sys::AttrNumber>,
 }
 
@@ -197,7 +198,10 @@ impl Table {
             table.found.reservations = table.index_named("sessions_reservations_idx");
             table.found.guard_triggers_only = table.guard_triggers_only();
             table.found.forgets_on_write = table.forgets_on_write();
-            table.found.started_bound = column_if_any(relation, "started_bound");
+            // Kept on one node only: a Citus shard's copy of the column is not read.
+            table.found.started_bound = (local == "tally.usage")
+                .then(|| column_if_any(relation, "started_bound"))
+                .flatten();
             Some(table)
         }
     }

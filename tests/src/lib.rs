@@ -138,7 +138,8 @@ pub async fn assert_consistent(client: &Client) {
         .await
         .expect("started_bound column")
         .get(0);
-    if keeps_bound {
+    // A distributed tally keeps no bound (the column stays, NULL).
+    if keeps_bound && !on_citus() {
         let below: Vec<String> = client
             .query(STARTED_BOUND_VIOLATIONS, &[])
             .await
