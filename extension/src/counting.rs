@@ -305,7 +305,7 @@ const PLAN_ONE_SQL: &str =
 
 /// Makes the bound on started sessions of every usage row unknown (NULL), where
 /// tally.usage keeps one (crate::keyed::add_to_usage): after writes no trigger counted
-/// (tally.repair()), or when a kind's sessions start or stop counting. The next
+/// (tally.repair()), or when a kind that counted nothing starts counting. The next
 /// single-row write of each row counts its reservations and writes the bound again.
 /// The caller holds an InternalWrite and runs as the tables' owner.
 pub(crate) fn forget_started_bounds() {
