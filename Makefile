@@ -37,7 +37,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile soak clean
+        upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -239,6 +239,12 @@ bench: install-release
 profile: install-release
 	@command -v perf >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 	python3 tests/bench/insert_profile.py
+
+# Instructions per statement under callgrind (tests/bench/instructions.sh), on the
+# database make bench left: tally next to its baselines, or two builds of the library
+# (LIBS="a.so b.so").
+instructions: install-release
+	tests/bench/instructions.sh $(or $(ROUNDS),2) $(LIBS)
 
 clean:
 	tests/cluster.sh stop $(TEST_CLUSTER)

@@ -126,6 +126,18 @@ GROUP BY u.user_id, u.period_start, u.started_bound
 HAVING count(*) > u.started_bound
 "#;
 
+/// Panics with `what` and the rows of `sql` (one text column each), if it returns any.
+async fn assert_no_rows(client: &Client, sql: &str, what: &str) {
+    let rows: Vec<String> = client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(rows.is_empty(), "{what}:\n{}", rows.join("\n"));
+}
+
 /// Panics unless the independent recount and tally.verify() find nothing, and no
 /// bound on started sessions is below what it bounds.
 pub async fn assert_consistent(client: &Client) {
@@ -140,31 +152,11 @@ pub async fn assert_consistent(client: &Client) {
         .get(0);
     // A distributed tally keeps no bound (the column stays, NULL).
     if keeps_bound && !on_citus() {
-        let below: Vec<String> = client
-            .query(STARTED_BOUND_VIOLATIONS, &[])
-            .await
-            .expect("started bound recount")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert!(
-            below.is_empty(),
-            "bounds on started sessions below a recount of tally.sessions:\n{}",
-            below.join("\n")
-        );
+        let what = "bounds on started sessions below a recount of tally.sessions";
+        assert_no_rows(client, STARTED_BOUND_VIOLATIONS, what).await;
     }
-    let recount: Vec<String> = client
-        .query(RECOUNT_MISMATCHES, &[])
-        .await
-        .expect("recount")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        recount.is_empty(),
-        "counters disagree with a recount of tally.sessions:\n{}",
-        recount.join("\n")
-    );
+    let what = "counters disagree with a recount of tally.sessions";
+    assert_no_rows(client, RECOUNT_MISMATCHES, what).await;
     let verify: i64 = client
         .query_one("SELECT count(*) FROM tally.verify()", &[])
         .await
