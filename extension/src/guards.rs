@@ -140,17 +140,18 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
         &[kind.clone().into()],
     )
     .unwrap_or_else(|e| panic!("tally: cannot lock kind: {e}"));
-    let mut in_use = false;
-    for table in &sessions {
-        in_use = in_use
-            || Spi::get_one_with_args::<bool>(
-                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE kind = $1 AND status = 'completed')"),
-                &[kind.clone().into()],
+    // Whether a session of the kind with this status exists in the session tables here.
+    let any_session = |status: &str| {
+        sessions.iter().any(|table| {
+            Spi::get_one_with_args::<bool>(
+                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE kind = $1 AND status = $2)"),
+                &[kind.clone().into(), status.into()],
             )
             .unwrap_or_else(|e| panic!("tally: cannot check kind usage: {e}"))
-            .unwrap_or(false);
-    }
-    if in_use {
+            .unwrap_or(false)
+        })
+    };
+    if any_session("completed") {
         return Err(TallyError::new(
             TallyCode::KindInUse,
             format!("the counter of kind \"{kind}\" cannot change while completed sessions of that kind exist"),
@@ -169,19 +170,12 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
     if starts_counting
         && !citus::on_shard(relation, c"session_kinds")
         && crate::keyed::usage_keeps_started_bound()
+        && any_session("started")
     {
-        let started = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM tally.sessions WHERE kind = $1 AND status = 'started')",
-            &[kind.clone().into()],
-        )
-        .unwrap_or_else(|e| panic!("tally: cannot check kind usage: {e}"))
-        .unwrap_or(false);
-        if started {
-            let _internal = internal::InternalWrite::begin();
-            Spi::run("LOCK TABLE tally.usage IN SHARE MODE")
-                .unwrap_or_else(|e| panic!("tally: cannot lock tally.usage: {e}"));
-            crate::counting::forget_started_bounds();
-        }
+        let _internal = internal::InternalWrite::begin();
+        Spi::run("LOCK TABLE tally.usage IN SHARE MODE")
+            .unwrap_or_else(|e| panic!("tally: cannot lock tally.usage: {e}"));
+        crate::counting::forget_started_bounds();
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }
