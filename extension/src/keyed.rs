@@ -1028,18 +1028,27 @@ pub(crate) fn add_to_usage(
         }
         let mut should_free = false;
         let old = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
-        let mut columns = vec![practice_used as std::os::raw::c_int, assessments_used as _];
-        let mut values = vec![pg_sys::Datum::from(after.0), pg_sys::Datum::from(after.1)];
-        let mut nulls = vec![false, false];
+        // The two counters, and the bound when it changed (the third entry, else unused).
+        let mut columns = [
+            practice_used as std::os::raw::c_int,
+            assessments_used as _,
+            0,
+        ];
+        let mut values = [
+            pg_sys::Datum::from(after.0),
+            pg_sys::Datum::from(after.1),
+            pg_sys::Datum::from(bound.unwrap_or(0)),
+        ];
+        let mut nulls = [false, false, bound.is_none()];
+        let mut changed = 2;
         if let (Some(column), true) = (bound_column, bound != bound_before) {
-            columns.push(column as _);
-            values.push(pg_sys::Datum::from(bound.unwrap_or(0)));
-            nulls.push(bound.is_none());
+            columns[2] = column as _;
+            changed = 3;
         }
         let new = pg_sys::heap_modify_tuple_by_cols(
             old,
             (*relation).rd_att,
-            columns.len() as _,
+            changed,
             columns.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
