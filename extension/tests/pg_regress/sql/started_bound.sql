@@ -98,3 +98,35 @@ SELECT u.user_id, u.started_bound, count(*) AS started
  WHERE x.status = 'started' AND k.counter <> 'none'
  GROUP BY 1, 2
 HAVING count(*) > u.started_bound;
+
+-- The README's roles: the writer moves the bound by writing sessions, with no
+-- privilege on tally.usage, and the limit holds for it; neither it nor the analyst
+-- can write the bound.
+CREATE ROLE regress_bound_writer;
+GRANT USAGE ON SCHEMA tally TO regress_bound_writer;
+GRANT SELECT ON ALL TABLES IN SCHEMA tally TO regress_bound_writer;
+GRANT INSERT, UPDATE, DELETE ON tally.sessions TO regress_bound_writer;
+CREATE ROLE regress_bound_analyst;
+GRANT USAGE ON SCHEMA tally TO regress_bound_analyst;
+GRANT SELECT ON ALL TABLES IN SCHEMA tally TO regress_bound_analyst;
+INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) VALUES ('bw_user', 'tiny', '2026-01-01 00:00+00');
+-- (The timeout is a superuser's setting; the writer's session keeps it.)
+SET tally.reservation_timeout = '100 years';
+SET ROLE regress_bound_writer;
+INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('bw_user', 'practice', '2026-03-10 10:00+00');
+INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('bw_user', 'practice', '2026-03-10 11:00+00');
+SELECT 'the writer, counted' AS "case", pg_temp.bound('bw_user');
+INSERT INTO tally.sessions (user_id, kind, status, started_at) VALUES ('bw_user', 'practice', 'started', '2026-03-10 12:00+00');
+SELECT 'the writer, one started' AS "case", pg_temp.bound('bw_user');
+INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('bw_user', 'practice', '2026-03-10 13:00+00');
+UPDATE tally.usage SET started_bound = 0 WHERE user_id = 'bw_user';
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+RESET tally.reservation_timeout;
+SET ROLE regress_bound_analyst;
+UPDATE tally.usage SET started_bound = 0 WHERE user_id = 'bw_user';
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP OWNED BY regress_bound_writer, regress_bound_analyst;
+DROP ROLE regress_bound_writer;
+DROP ROLE regress_bound_analyst;
