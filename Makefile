@@ -89,11 +89,11 @@ unit-test: setup
 
 # Restarted each time so that a freshly installed library is the one loaded.
 test-cluster:
-	tests/cluster.sh stop $(TEST_CLUSTER)
-	tests/cluster.sh start $(TEST_CLUSTER) $(TEST_PORT) $(TEST_PG_CONF)
+	scripts/cluster.sh stop $(TEST_CLUSTER)
+	scripts/cluster.sh start $(TEST_CLUSTER) $(TEST_PORT) $(TEST_PG_CONF)
 
 stop-test-cluster:
-	tests/cluster.sh stop $(TEST_CLUSTER)
+	scripts/cluster.sh stop $(TEST_CLUSTER)
 
 # A fresh database with the extension, for one suite.
 define fresh_db
@@ -146,9 +146,9 @@ setup-citus: setup
 CITUS_E2E := invariant limits api bad_input hostile security
 CITUS_REGRESS := motivating_case write_paths rules periods limits repair grants record_session security
 test-citus: install setup-citus
-	tests/citus_cluster.sh stop $(CITUS_CLUSTER)
-	tests/citus_cluster.sh start $(CITUS_CLUSTER) $(CITUS_PORT)
-	@trap 'tests/citus_cluster.sh stop $(CITUS_CLUSTER)' EXIT; \
+	scripts/citus_cluster.sh stop $(CITUS_CLUSTER)
+	scripts/citus_cluster.sh start $(CITUS_CLUSTER) $(CITUS_PORT)
+	@trap 'scripts/citus_cluster.sh stop $(CITUS_CLUSTER)' EXIT; \
 	tests/citus_regress.sh $(CITUS_PORT) $(CITUS_REGRESS) && \
 	tests/citus_race.sh $(CITUS_PORT) && \
 	tests/citus_inplace.sh $(CITUS_PORT) && \
@@ -200,7 +200,7 @@ browser-test: test-cluster
 package: setup
 	cargo pgrx package --pg-config $(PG_CONFIG) -p tally
 	cargo build --release -p tally-api
-	tests/package.sh $(VERSION) $(PG_CONFIG) $(RELEASES)
+	scripts/package.sh $(VERSION) $(PG_CONFIG) $(RELEASES)
 
 # Installs the extension package into a PostgreSQL without tally (the files of earlier
 # installs removed first), runs the pg_regress suite and an update from the oldest
@@ -230,24 +230,24 @@ test: setup lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-citus
 
 run: install-release
-	tests/demo.sh
+	scripts/demo.sh
 
 bench: install-release
-	python3 tests/bench/bench.py
+	python3 bench/bench.py
 
 # Where a single-row insert's CPU time goes, tally next to the bare insert (needs perf).
 profile: install-release
 	@command -v perf >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
-	python3 tests/bench/insert_profile.py
+	python3 bench/insert_profile.py
 
-# Instructions per statement under callgrind (tests/bench/instructions.sh), on the
+# Instructions per statement under callgrind (bench/instructions.sh), on the
 # database make bench left: tally next to its baselines, or two builds of the library
 # (LIBS="a.so b.so").
 instructions: install-release
-	tests/bench/instructions.sh $(or $(ROUNDS),2) $(LIBS)
+	bench/instructions.sh $(or $(ROUNDS),2) $(LIBS)
 
 clean:
-	tests/cluster.sh stop $(TEST_CLUSTER)
-	tests/cluster.sh stop $(RUN_CLUSTER)
-	tests/citus_cluster.sh stop $(CITUS_CLUSTER)
+	scripts/cluster.sh stop $(TEST_CLUSTER)
+	scripts/cluster.sh stop $(RUN_CLUSTER)
+	scripts/citus_cluster.sh stop $(CITUS_CLUSTER)
 	rm -rf target/citus-cluster target/citus-regress target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade

@@ -29,7 +29,7 @@ DATABASE_URL=$database_url TALLY_BIND=127.0.0.1:$api_port TALLY_CORS_ORIGINS=htt
 pids+=($!)
 python3 -m http.server --bind 127.0.0.1 --directory web "$page_port" >/dev/null 2>&1 &
 pids+=($!)
-. tests/wait_for.sh
+. scripts/wait_for.sh
 wait_for "http://127.0.0.1:$api_port/readyz" "the API"
 wait_for "http://127.0.0.1:$page_port/" "the page server"
 

@@ -11,7 +11,7 @@ db=tally_inplace
 url="postgres://postgres@127.0.0.1:$port/$db"
 fail() { echo "citus in-place: $*" >&2; exit 1; }
 q() { psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-tests/citus_db.sh "$port" "$db"
+scripts/citus_db.sh "$port" "$db"
 # The fill's role, left by an earlier run (roles belong to the whole cluster).
 q "DROP ROLE IF EXISTS up_writer" >/dev/null
 q "CREATE EXTENSION tally" >/dev/null

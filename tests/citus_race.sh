@@ -9,7 +9,7 @@ port=${1:?coordinator port}
 db=tally_race
 url="postgres://postgres@127.0.0.1:$port/$db"
 fail() { echo "citus race: $*" >&2; exit 1; }
-tests/citus_db.sh "$port" "$db"
+scripts/citus_db.sh "$port" "$db"
 psql -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION tally;

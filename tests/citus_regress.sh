@@ -29,7 +29,7 @@ for f in extension/tests/pg_regress/sql/*.sql; do
                    s/SET session_replication_role = replica;\n(.*?)RESET session_replication_role;/BEGIN;\nSET LOCAL session_replication_role = replica;\n$1COMMIT;/gs' \
         > "$out/sql/$(basename "$f")"
 done
-tests/citus_db.sh "$port" tally_regress
+scripts/citus_db.sh "$port" tally_regress
 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d tally_regress \
     -c "CREATE EXTENSION tally" -c "SELECT tally.distribute()" >/dev/null
 pgxs_src=$(dirname "$(${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config} --pgxs)")/..

@@ -13,7 +13,7 @@ db=tally_citus_upgrade
 url="postgres://postgres@127.0.0.1:$port/$db"
 fail() { echo "citus upgrade: $*" >&2; exit 1; }
 q() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -At -v ON_ERROR_STOP=1 "$url" -c "$1"; }
-tests/citus_db.sh "$port" "$db"
+scripts/citus_db.sh "$port" "$db"
 # The fill's role (roles belong to the whole cluster) is granted privileges in the
 # in-place test's database, which goes first on every node.
 for p in $((port + 2)) $((port + 1)) "$port"; do

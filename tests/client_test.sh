@@ -31,7 +31,7 @@ export TALLY_JWT_SECRET=client-test-secret-that-is-long-enough
 DATABASE_URL=$database_url TALLY_BIND=127.0.0.1:$port RUST_LOG=warn target/debug/tally-api &
 api_pid=$!
 trap 'kill $api_pid 2>/dev/null; wait $api_pid 2>/dev/null || true' EXIT
-. tests/wait_for.sh
+. scripts/wait_for.sh
 wait_for "http://127.0.0.1:$port/readyz" "the API"
 
 cd "$client"

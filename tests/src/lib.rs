@@ -1,7 +1,7 @@
 //! Shared helpers for tally's end-to-end tests: each test gets its own database, with
 //! the extension created, on the cluster named by TALLY_TEST_ADMIN_URL (`make e2e`).
 //! With TALLY_TEST_CITUS_PORT set, that cluster is the coordinator of a local Citus
-//! cluster (tests/citus_cluster.sh): each database is created on every node and tally
+//! cluster (scripts/citus_cluster.sh): each database is created on every node and tally
 //! is distributed in it (`make test-citus`).
 
 use reqwest::StatusCode;
@@ -44,15 +44,15 @@ fn citus_port() -> Option<String> {
 
 /// Drops and creates `name` as an empty database (DROP/CREATE DATABASE refuse to
 /// share an implicit transaction, hence two calls). On Citus: on every node, with
-/// citus created and the workers added (tests/citus_db.sh).
+/// citus created and the workers added (scripts/citus_db.sh).
 pub async fn recreate_empty_database(admin: &Client, name: &str) {
     if let Some(port) = citus_port() {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/citus_db.sh");
         let status = std::process::Command::new(script)
             .args([&port, name])
             .status()
-            .expect("run tests/citus_db.sh");
-        assert!(status.success(), "tests/citus_db.sh {port} {name} failed");
+            .expect("run scripts/citus_db.sh");
+        assert!(status.success(), "scripts/citus_db.sh {port} {name} failed");
         return;
     }
     admin

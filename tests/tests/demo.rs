@@ -1,4 +1,4 @@
-//! `make run`'s script (tests/demo.sh) on a demo database an earlier release created:
+//! `make run`'s script (scripts/demo.sh) on a demo database an earlier release created:
 //! it updates the extension in place (the session recorded before stays), runs the API
 //! as a role of its own that is not a superuser, keeps the token secret private, and
 //! its printed token works. Ctrl-C stops what it started.
@@ -40,7 +40,7 @@ impl Drop for Running {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.pid)])
             .status();
-        let _ = std::process::Command::new("tests/cluster.sh")
+        let _ = std::process::Command::new("scripts/cluster.sh")
             .args(["stop", &self.cluster])
             .current_dir(repo())
             .status();
@@ -51,9 +51,9 @@ impl Drop for Running {
 async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     let cluster = repo().join("target/demo-test-cluster");
     let cluster_arg = cluster.to_str().unwrap();
-    sh(&["tests/cluster.sh", "stop", cluster_arg]).await;
+    sh(&["scripts/cluster.sh", "stop", cluster_arg]).await;
     let _ = std::fs::remove_dir_all(&cluster);
-    sh(&["tests/cluster.sh", "start", cluster_arg, &PORT.to_string()]).await;
+    sh(&["scripts/cluster.sh", "start", cluster_arg, &PORT.to_string()]).await;
 
     // The demo database as a 0.1.0 `make run` left it, with one session recorded.
     let admin = tally_e2e::connect(&format!("postgres://postgres@127.0.0.1:{PORT}/postgres")).await;
@@ -69,7 +69,7 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     .await
     .unwrap();
 
-    let mut demo = Command::new("tests/demo.sh")
+    let mut demo = Command::new("scripts/demo.sh")
         .current_dir(repo())
         .env("RUN_PORT", PORT.to_string())
         .env("RUN_CLUSTER", cluster_arg)
@@ -83,7 +83,7 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
         .stderr(Stdio::inherit())
         .process_group(0)
         .spawn()
-        .expect("start tests/demo.sh");
+        .expect("start scripts/demo.sh");
     let _running = Running {
         pid: demo.id().expect("demo pid"),
         cluster: cluster_arg.to_string(),
@@ -214,5 +214,5 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
             "{address} still listens after Ctrl-C"
         );
     }
-    sh(&["tests/cluster.sh", "stop", cluster_arg]).await;
+    sh(&["scripts/cluster.sh", "stop", cluster_arg]).await;
 }

@@ -46,14 +46,14 @@ impl Cluster {
     }
 
     fn run(&self, action: &str) {
-        let mut cmd = Command::new(repo().join("tests/cluster.sh"));
+        let mut cmd = Command::new(repo().join("scripts/cluster.sh"));
         cmd.arg(action).arg(&self.dir);
         if action == "start" {
             cmd.arg(self.port.to_string())
                 .arg("fsync = on")
                 .arg("synchronous_commit = on");
         }
-        let out = cmd.output().expect("run tests/cluster.sh");
+        let out = cmd.output().expect("run scripts/cluster.sh");
         assert!(
             out.status.success(),
             "cluster.sh {action}: {}",

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A local Citus cluster for tally: a coordinator and two workers on 127.0.0.1.
-#   tests/citus_cluster.sh start DIR PORT   coordinator on PORT, workers on PORT+1, PORT+2
-#   tests/citus_cluster.sh stop DIR
+#   scripts/citus_cluster.sh start DIR PORT   coordinator on PORT, workers on PORT+1, PORT+2
+#   scripts/citus_cluster.sh stop DIR
 # Every node preloads citus, then tally (Citus must come first). Starting an existing
 # cluster again only starts its servers; a new one gets citus on every node and the
 # workers added to the coordinator. Databases are created by the caller, on the
-# coordinator, with citus created in them (see tests/citus_db.sh).
+# coordinator, with citus created in them (see scripts/citus_db.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cmd=${1:?usage: citus_cluster.sh start|stop DIR [PORT]}

@@ -2,7 +2,7 @@
 """Where the CPU time of a single-row insert goes: tally next to the bare insert.
 
 `make profile` (it installs `perf`, Debian package linux-perf, when missing): the
-benchmark's cluster and data (tests/bench/bench.py's setup), then, in interleaved
+benchmark's cluster and data (bench/bench.py's setup), then, in interleaved
 rounds, each statement below from 8 pgbench clients for a few seconds under `perf
 record -a` with DWARF call graphs, the whole machine sampled (backends, pgbench, WAL
 writer, kernel). Each sample is given to the most specific part of the statement it
@@ -134,7 +134,7 @@ def main():
             rounds[name].append((tps, parts))
             bench.log(f"  round {round_no + 1} {name:<22} {tps:9.0f} tps {sum(parts.values()):7.1f} CPU us per statement")
     bench.check_counters("tally")
-    subprocess.run([str(bench.ROOT / "tests/cluster.sh"), "stop", str(bench.CLUSTER)], check=True)
+    subprocess.run([str(bench.ROOT / "scripts/cluster.sh"), "stop", str(bench.CLUSTER)], check=True)
     order = [label for label, _ in PARTS] + ["rest of the backend", "pgbench", "other processes"]
     names = list(rounds)
 

@@ -27,7 +27,7 @@ cleanup() {
         wait "$api_pid" 2>/dev/null || true
     fi
     if [ -n "$started_cluster" ]; then
-        tests/cluster.sh stop "$CLUSTER"
+        scripts/cluster.sh stop "$CLUSTER"
         echo "stopped the API and the PostgreSQL cluster in $CLUSTER"
     else
         echo "stopped the API"
@@ -36,7 +36,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 if [ -z "${DATABASE_URL:-}" ]; then
-    tests/cluster.sh start "$CLUSTER" "$RUN_PORT"
+    scripts/cluster.sh start "$CLUSTER" "$RUN_PORT"
     started_cluster=yes
     psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tally'" | grep -q 1 \
         || psql -X -q -h 127.0.0.1 -p "$RUN_PORT" -U postgres -d postgres -c "CREATE DATABASE tally"
@@ -86,7 +86,7 @@ if [ -z "$API_BIN" ]; then
     cargo build --release -q -p tally-api
     API_BIN=target/release/tally-api
 fi
-. tests/wait_for.sh
+. scripts/wait_for.sh
 
 "$API_BIN" serve &
 api_pid=$!

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private PostgreSQL 15 cluster for tally: tests, benchmarks and `make run`.
-#   tests/cluster.sh start DIR PORT [extra postgresql.conf lines...]
-#   tests/cluster.sh stop DIR
+#   scripts/cluster.sh start DIR PORT [extra postgresql.conf lines...]
+#   scripts/cluster.sh stop DIR
 # Runs the server as the postgres OS user when invoked as root (initdb refuses root),
 # listens on 127.0.0.1:PORT and on a socket in DIR, trusts local connections.
 # PRELOAD sets shared_preload_libraries at initdb (default tally; Citus nodes use citus,tally).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A fresh database on the local Citus cluster of tests/citus_cluster.sh:
-#   tests/citus_db.sh PORT DBNAME
+# A fresh database on the local Citus cluster of scripts/citus_cluster.sh:
+#   scripts/citus_db.sh PORT DBNAME
 # Drops DBNAME on every node if it exists, creates it with citus, then on the
 # coordinator (PORT) registers itself and adds the workers (PORT+1, PORT+2).
 # Citus keeps its node list per database, hence a step per database.

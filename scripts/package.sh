@@ -2,7 +2,7 @@
 # `make package`: Debian packages of the extension for the PostgreSQL that PG_CONFIG
 # names (from the tree `cargo pgrx package` leaves in target/release/tally-pg<major>/,
 # plus the install scripts of earlier releases) and of tally-api.
-#   tests/package.sh VERSION PG_CONFIG RELEASE...
+#   scripts/package.sh VERSION PG_CONFIG RELEASE...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?version}; pg_config=${2:?pg_config}; shift 2

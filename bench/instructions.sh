@@ -4,13 +4,13 @@
 # run N times in a single-user backend on the benchmark's database (make bench fills
 # it); its cost is the difference between a run of 600 and one of 100, divided by
 # 500, after a warm-up run of 600, so that start-up and first reads cancel out.
-#   tests/bench/instructions.sh [ROUNDS] [LIBRARY...]
+#   bench/instructions.sh [ROUNDS] [LIBRARY...]
 # With libraries (tally.so files, e.g. two builds to compare), each round runs every
 # statement with each in turn, installed in place of the current one, which is put
 # back at the end. The bench cluster is stopped for the measurement (a single-user
 # backend needs the data directory to itself). Needs valgrind.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 bindir=$("$PG_CONFIG" --bindir); libdir=$("$PG_CONFIG" --pkglibdir)
 data=target/bench-cluster/data
@@ -20,7 +20,7 @@ command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonint
 work=$(mktemp -d); chmod 777 "$work"
 installed="$work/installed.so"; cp "$libdir/tally.so" "$installed"
 trap 'cp "$installed" "$libdir/tally.so"; rm -rf "$work"' EXIT
-tests/cluster.sh stop target/bench-cluster >/dev/null
+scripts/cluster.sh stop target/bench-cluster >/dev/null
 libraries=("$@"); [ ${#libraries[@]} -gt 0 ] || libraries=("$installed")
 
 declare -A statement=(

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PGBIN = os.environ.get("PGBIN") or subprocess.run([os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config"), "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
 PORT = int(os.environ.get("BENCH_PORT", "55434"))
 CLUSTER = ROOT / "target/bench-cluster"
@@ -105,16 +105,16 @@ def round_ratios(values, floors):
 
 
 def setup():
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", str(CLUSTER)], check=True)
+    subprocess.run([str(ROOT / "scripts/cluster.sh"), "stop", str(CLUSTER)], check=True)
     subprocess.run(["rm", "-rf", str(CLUSTER)], check=True)
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", str(CLUSTER), str(PORT), *CLUSTER_CONF], check=True)
+    subprocess.run([str(ROOT / "scripts/cluster.sh"), "start", str(CLUSTER), str(PORT), *CLUSTER_CONF], check=True)
     WORK.mkdir(parents=True, exist_ok=True)
     psql(f"CREATE DATABASE {DB}", db="postgres")
     psql("CREATE EXTENSION tally")
     # Limits high enough never to refuse, so tally runs its limit checks as in production.
     psql("INSERT INTO tally.plans VALUES ('bench', 'Bench', 1000000000, 1000000000, '1 month')")
     psql(f"INSERT INTO tally.subscriptions (user_id, plan_id, period_anchor) SELECT 'u' || i, 'bench', '2026-01-01 00:00+00' FROM generate_series(1, {USERS}) i")
-    psql_file(ROOT / "tests/bench/baselines.sql")
+    psql_file(ROOT / "bench/baselines.sql")
     for rows in (100_000, 1_000_000):
         # 80% practice, 20% assessments, over five monthly periods, all completed.
         psql(f"""CREATE UNLOGGED TABLE bench.staging_{rows} AS
@@ -472,11 +472,11 @@ def citus_check(expected=None):
 
 def citus():
     cluster, port = str(CITUS_CLUSTER), str(CITUS_PORT)
-    subprocess.run([str(ROOT / "tests/citus_cluster.sh"), "stop", cluster], check=True)
+    subprocess.run([str(ROOT / "scripts/citus_cluster.sh"), "stop", cluster], check=True)
     subprocess.run(["rm", "-rf", cluster], check=True)
-    subprocess.run([str(ROOT / "tests/citus_cluster.sh"), "start", cluster, port], check=True)
+    subprocess.run([str(ROOT / "scripts/citus_cluster.sh"), "start", cluster, port], check=True)
     try:
-        subprocess.run([str(ROOT / "tests/citus_db.sh"), port, DB], check=True)
+        subprocess.run([str(ROOT / "scripts/citus_db.sh"), port, DB], check=True)
         psql("CREATE EXTENSION tally", port=CITUS_PORT)
         psql("SET client_min_messages = warning; SELECT tally.distribute()", port=CITUS_PORT)
         psql("INSERT INTO tally.plans VALUES ('bench', 'Bench', 1000000000, 1000000000, '1 month')", port=CITUS_PORT)
@@ -511,7 +511,7 @@ def citus():
         report["copy"] = {"rows": rows, "plain_s": round(floor, 2), "tally_s": round(m, 2), "ratio": round(m / floor, 2)}
         results["citus"] = report
     finally:
-        subprocess.run([str(ROOT / "tests/citus_cluster.sh"), "stop", cluster], check=True)
+        subprocess.run([str(ROOT / "scripts/citus_cluster.sh"), "stop", cluster], check=True)
 
 
 def spread(entry):
@@ -605,7 +605,7 @@ def main():
         if name in ONLY:
             log(f"{name}:")
             run()
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", str(CLUSTER)], check=True)
+    subprocess.run([str(ROOT / "scripts/cluster.sh"), "stop", str(CLUSTER)], check=True)
     out = WORK / f"results-{'-'.join(sorted(ONLY))}.json"
     out.write_text(json.dumps(results, indent=2))
     print(markdown(results))
