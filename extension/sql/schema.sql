@@ -90,8 +90,8 @@ CREATE TABLE tally.usage (
     period_end              timestamptz NOT NULL,
     practice_sessions_used  integer NOT NULL DEFAULT 0,
     assessments_used        integer NOT NULL DEFAULT 0,
-    -- The limit check's shortcut (extension/src/keyed.rs, add_to_usage). Last: a
-    -- database updated from 0.8.0 gets it by ADD COLUMN, at the end.
+    -- The limit check's shortcut (extension/src/keyed.rs, add_to_usage). Last, so
+    -- that an updated database, which gets it by ADD COLUMN, has the same layout.
     started_bound           integer,
     PRIMARY KEY (user_id, period_start)
 ) WITH (fillfactor = 70);

@@ -405,8 +405,8 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made.
     let _planning = IndexOnlyPlanning::begin(false);
-    // A database still at 0.3.0 (the library is updated before ALTER EXTENSION
-    // UPDATE) has no list view: its view is read.
+    // A database at an earlier release without the list view (see the crate's
+    // docs): its own view is read.
     let Some(counted) = counted.filter(|_| relation_named(c"learning_plan_lists").is_some()) else {
         // Read with the caller's rights, as the view is; the names in the statement
         // are resolved in pg_catalog (record_session, the caller, has no search path

@@ -81,8 +81,8 @@ struct Resolved {
     /// `tally.forget_session_kinds()`), enabled ALWAYS: what is read from it may be
     /// kept (crate::reference).
     forgets_on_write: bool,
-    /// tally.usage's `started_bound` column (see `add_to_usage`): absent before 0.9.0
-    /// (the library serves such a database until its update), and not used on a
+    /// tally.usage's `started_bound` column (see `add_to_usage`): absent in a
+    /// database at an earlier release (see the crate's docs), and not used on a
     /// Citus shard (a distributed tally keeps no bound; `tally.distribute()` makes it
     /// NULL).
     started_bound: Option<pg_sys::AttrNumber>,
@@ -233,7 +233,7 @@ impl Table {
 
     /// Whether a trigger on the table runs `tally.forget_plans()` or
     /// `tally.forget_session_kinds()` and is enabled ALWAYS. Not so on a database
-    /// before 0.6.0 (the library serves it until its update), where the owner
+    /// whose release had no such trigger (see the crate's docs), where the owner
     /// disabled or re-enabled it, or on Citus placements. (Creating, altering or
     /// dropping a trigger invalidates the table's relcache entry, which empties
     /// RESOLVED and crate::reference alike.)
@@ -317,10 +317,10 @@ impl Table {
     /// The executor's fetch prunes a page whenever its free space is under the
     /// table's fillfactor margin (30% on tally.usage). A page filled to its
     /// fillfactor is back at that margin as soon as a prune has freed the dead
-    /// versions, so a page of counter rows was pruned at nearly every update, a
-    /// scan of the whole page with a WAL record, a tenth or more of the counting
-    /// trigger (`perf`). Pruned here only when fewer than PRUNE_ROOM versions of
-    /// this row still fit, a page takes dozens of HOT updates between prunes, and a
+    /// versions, so a page of counter rows would be pruned at nearly every update,
+    /// each prune a scan of the whole page with a WAL record. Pruned here only when
+    /// fewer than PRUNE_ROOM versions of this row still fit, a page takes dozens of
+    /// HOT updates between prunes, and a
     /// prune that cannot take its cleanup lock (another backend has the page pinned)
     /// is tried again at the next updates before the page is full. Other readers
     /// (the usage view, SPI statements, VACUUM) prune as PostgreSQL does.
@@ -853,7 +853,7 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
     .expect("timestamptz - interval is not NULL")
 }
 
-/// Whether tally.usage here has `started_bound` (0.9.0 on, on one node): a write to
+/// Whether tally.usage here has `started_bound` (one node, current schema): a write to
 /// it through SQL must then make the bound unknown.
 pub(crate) fn usage_keeps_started_bound() -> bool {
     Table::open("tally.usage").is_some_and(|usage| usage.found.started_bound.is_some())
@@ -887,7 +887,7 @@ pub(crate) struct UsageWritten {
 /// does), then updated in place of the executor's ExecUpdate (a HOT update when the
 /// page has room, else with its index entry).
 ///
-/// The row's `started_bound` (0.9.0 on, one node) is an upper bound on the period's
+/// The row's `started_bound` (one node only) is an upper bound on the period's
 /// started sessions of metered kinds, or NULL when unknown; it is changed only here,
 /// under the row lock every writer of a started session takes (set-based counting,
 /// re-bucketing and repair set it NULL). A bound of 0 means no reservation is held:

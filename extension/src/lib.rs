@@ -2,6 +2,13 @@
 //!
 //! Schema lives in `sql/`; this crate holds the logic: billing-period arithmetic,
 //! the statement-level counting triggers, the rule triggers, and verify/repair.
+//!
+//! The library is installed before `ALTER EXTENSION tally UPDATE` runs, so it also
+//! serves a database still at any earlier release until that database is updated.
+//! Where an earlier release's schema lacks an object, the code that reads it checks
+//! for the object itself (not for a version number) and does what that release did:
+//! the usage document's list view (`document.rs`), the forget triggers
+//! (`reference.rs`, `keyed.rs`), and `tally.usage.started_bound` (`keyed.rs`).
 
 use pgrx::prelude::*;
 

@@ -4,10 +4,10 @@
 //! It is written here rather than in PL/pgSQL because the call is the API's path for
 //! every session: a PL/pgSQL function initialises its expressions again in every
 //! transaction, keeps its row variable as an expanded record and starts one more
-//! statement for its answer, which cost the call about a tenth of its time (README,
-//! Performance, "Where the time goes"). Its statements are the ones the PL/pgSQL
-//! function ran, prepared once per connection; it runs with the caller's rights and
-//! search path, so every name in them is qualified and every parameter typed by OID.
+//! statement for its answer, all of it work that repeats on every call. Its
+//! statements are the ones the PL/pgSQL function ran, prepared once per connection;
+//! it runs with the caller's rights and search path, so every name in them is
+//! qualified and every parameter typed by OID.
 //!
 //! The statements run through SPI calls declared here without pgrx's guard. pgrx turns
 //! an error raised inside a guarded call into a Rust panic and raises it again with

@@ -29,11 +29,11 @@
 //!
 //! Values are kept only from a table that carries its forget trigger enabled ALWAYS
 //! (crate::keyed checks the trigger when it resolves the table): not from a database
-//! before 0.6.0, which the library serves until its update; not while the owner has
+//! whose release had no such trigger (see the crate's docs); not while the owner has
 //! the trigger disabled or enabled otherwise; and not on Citus placements, where
-//! `tally.distribute()` re-enables the copied triggers as ordinary ones and a database
-//! distributed before 0.6.0 has none (its update cannot add them there: Citus would
-//! create them on the workers before their own update had created the functions).
+//! `tally.distribute()` re-enables the copied triggers as ordinary ones, and where an
+//! update cannot add them (Citus would create them on the workers before their own
+//! update had created the functions).
 //! Adding, altering or dropping a trigger invalidates the table, which empties the
 //! cache.
 
