@@ -36,7 +36,7 @@ RUN_CLUSTER := target/run-cluster
 TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_regress/schedule))
 REGRESS_TESTS := setup $(TESTS)
 
-.PHONY: help setup install install-release lint unit-test regress isolation e2e api-test schemathesis \
+.PHONY: help setup install install-release docs-check lint unit-test regress isolation e2e api-test schemathesis \
         upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
 
 help:
@@ -76,6 +76,10 @@ install: setup
 install-release: setup
 	cargo pgrx install --release --pg-config $(PG_CONFIG) -p tally
 	install -m 644 $(foreach r,$(RELEASES),extension/sql/tally--$(r).sql) $(PG_SHAREDIR)/extension/
+
+# The README's, CHANGELOG's and docs/' links, make targets and repository paths exist.
+docs-check:
+	python3 tests/docs_links.py
 
 lint:
 	cargo fmt --all --check
@@ -223,7 +227,7 @@ package-test: package
 	test ! -e $(PG_PKGLIBDIR)/tally.so
 	@$(MAKE) --no-print-directory install
 
-test: setup lint unit-test api-test install
+test: setup docs-check lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
 	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis client-test browser-test package-test
