@@ -1,5 +1,74 @@
 -- tally.distribute(): tally's tables onto Citus, distributed and co-located by user_id.
 
+-- Citus distributes neither extension members nor the views over them, and on a
+-- node that joins later it replaces whatever tables its own CREATE EXTENSION tally
+-- made there with the coordinator's (DROP TABLE IF EXISTS … CASCADE). So on every
+-- node of a distributed tally, these objects leave the extension: here is the one
+-- list of them, views first, then the tables they read.
+CREATE FUNCTION tally.leave_extension_here() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    member record;
+BEGIN
+    FOR member IN
+        SELECT kind, format('tally.%I', name) AS name
+          FROM unnest(ARRAY['VIEW', 'VIEW', 'VIEW', 'VIEW', 'TABLE', 'TABLE', 'TABLE', 'TABLE', 'TABLE', 'TABLE', 'TABLE', 'SEQUENCE'],
+                      ARRAY['current_usage_document', 'learning_plan_lists', 'current_usage', 'usage_recount',
+                            'plans', 'session_kinds', 'subscriptions', 'learning_plans', 'sessions', 'usage',
+                            'adjustments', 'adjustments_adjustment_id_seq']) WITH ORDINALITY AS m(kind, name, n)
+         ORDER BY n
+    LOOP
+        IF EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                    WHERE e.extname = 'tally' AND d.deptype = 'e' AND d.classid = 'pg_class'::regclass
+                      AND d.objid = to_regclass(member.name)) THEN
+            EXECUTE format('ALTER EXTENSION tally DROP %s %s', member.kind, member.name);
+        END IF;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION tally.leave_extension_here() IS
+    'Takes tally''s tables, views and sequence out of the extension on this node, for Citus (tally.distribute() and a joining node).';
+REVOKE ALL ON FUNCTION tally.leave_extension_here() FROM PUBLIC;
+
+-- A node added to a distributed tally (citus_add_node, whether or not an operator
+-- created tally there first) runs CREATE EXTENSION tally if needed and then drops
+-- each of tally's tables to create the coordinator's shell in its place. Those
+-- tables are still extension members there, which PostgreSQL would refuse to drop:
+-- at the first DROP TABLE on a Citus worker whose tally tables are members, they
+-- leave the extension, unless they hold data (a node with sessions of its own
+-- cannot join; nothing is dropped).
+CREATE FUNCTION tally.leave_extension_on_worker() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    IF (SELECT groupid FROM pg_dist_local_group) = 0 THEN
+        RETURN;  -- the coordinator, or a node not added yet
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                    WHERE e.extname = 'tally' AND d.deptype = 'e' AND d.classid = 'pg_class'::regclass
+                      AND d.objid = to_regclass('tally.sessions')) THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM tally.sessions) OR EXISTS (SELECT FROM tally.subscriptions)
+       OR EXISTS (SELECT FROM tally.plans) THEN
+        RAISE EXCEPTION USING ERRCODE = 'TL009',
+            MESSAGE = 'this node''s own tally tables hold data, so it cannot hold shards of a distributed tally',
+            HINT = 'move that data to the coordinator, run DROP EXTENSION tally CASCADE on this node, then add it again';
+    END IF;
+    PERFORM tally.leave_extension_here();
+END
+$fn$;
+REVOKE ALL ON FUNCTION tally.leave_extension_on_worker() FROM PUBLIC;
+CREATE EVENT TRIGGER tally_leave_extension_on_worker ON ddl_command_start
+    WHEN TAG IN ('DROP TABLE')
+    EXECUTE FUNCTION tally.leave_extension_on_worker();
+
 CREATE FUNCTION tally.distribute(shard_count integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -8,20 +77,6 @@ DECLARE
     -- In dependency order: referenced tables first.
     reference_tables CONSTANT text[] := ARRAY['plans', 'session_kinds'];
     distributed_tables CONSTANT text[] := ARRAY['subscriptions', 'learning_plans', 'sessions', 'usage', 'adjustments'];
-    -- Views go first, then the tables they read.
-    leave_extension CONSTANT text :=
-        'ALTER EXTENSION tally DROP VIEW tally.current_usage_document;
-         ALTER EXTENSION tally DROP VIEW tally.learning_plan_lists;
-         ALTER EXTENSION tally DROP VIEW tally.current_usage;
-         ALTER EXTENSION tally DROP VIEW tally.usage_recount;
-         ALTER EXTENSION tally DROP TABLE tally.plans;
-         ALTER EXTENSION tally DROP TABLE tally.session_kinds;
-         ALTER EXTENSION tally DROP TABLE tally.subscriptions;
-         ALTER EXTENSION tally DROP TABLE tally.learning_plans;
-         ALTER EXTENSION tally DROP TABLE tally.sessions;
-         ALTER EXTENSION tally DROP TABLE tally.usage;
-         ALTER EXTENSION tally DROP TABLE tally.adjustments;
-         ALTER EXTENSION tally DROP SEQUENCE tally.adjustments_adjustment_id_seq;';
     foreign_keys text[];
     fk record;
     t text;
@@ -45,26 +100,26 @@ BEGIN
     -- Citus distributes neither extension members nor the views over them. Here the
     -- objects leave the extension; on the workers, CREATE EXTENSION made empty local
     -- copies, which go so that Citus can create its own there. That runs outside this
-    -- transaction, so it only drops what is still an extension member (a retry after
-    -- a failure finds nothing to do) and refuses copies that hold data.
+    -- transaction, so it only drops copies that are still there and not Citus's (a
+    -- retry after a failure finds nothing to do) and refuses copies that hold data.
     SET LOCAL client_min_messages = warning;  -- not Citus's notice per statement
-    EXECUTE leave_extension;
+    PERFORM tally.leave_extension_here();
     SELECT string_agg(format('%s:%s: %s', nodename, nodeport, result), '; ') INTO failed
-      FROM run_command_on_workers(format($w$
+      FROM run_command_on_workers($w$
         DO $do$
         BEGIN
-            IF EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
-                        WHERE e.extname = 'tally' AND d.deptype = 'e' AND d.objid = 'tally.sessions'::regclass) THEN
+            IF to_regclass('tally.sessions') IS NOT NULL
+               AND NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass('tally.sessions')) THEN
                 IF EXISTS (SELECT FROM tally.sessions) OR EXISTS (SELECT FROM tally.subscriptions)
                    OR EXISTS (SELECT FROM tally.plans) THEN
                     RAISE EXCEPTION 'this worker''s own tally tables hold data';
                 END IF;
-                %s
+                PERFORM tally.leave_extension_here();
                 DROP TABLE tally.plans, tally.session_kinds, tally.subscriptions, tally.learning_plans,
                            tally.sessions, tally.usage, tally.adjustments CASCADE;
             END IF;
         END
-        $do$ $w$, leave_extension))
+        $do$ $w$)
      WHERE NOT success;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'TL009',

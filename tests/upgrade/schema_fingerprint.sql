@@ -37,6 +37,10 @@ SELECT line FROM (
     SELECT 'index ' || pg_get_indexdef(i.indexrelid)
       FROM rels r JOIN pg_index i ON i.indrelid = r.oid
     UNION ALL
+    SELECT 'event trigger ' || ev.evtname || ' on ' || ev.evtevent || ' tags=' || coalesce(array_to_string(ev.evttags, ','), '')
+           || ' function=' || ev.evtfoid::regprocedure::text || ' enabled=' || ev.evtenabled::text
+      FROM members m JOIN pg_event_trigger ev ON m.classid = 'pg_event_trigger'::regclass AND ev.oid = m.objid
+    UNION ALL
     SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled::text
       FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal
     UNION ALL
