@@ -155,6 +155,7 @@ test-citus: install setup-citus
 	@trap 'scripts/citus_cluster.sh stop $(CITUS_CLUSTER)' EXIT; \
 	tests/citus_regress.sh $(CITUS_PORT) $(CITUS_REGRESS) && \
 	tests/citus_race.sh $(CITUS_PORT) && \
+	tests/citus_grow.sh $(CITUS_PORT) $(CITUS_CLUSTER) && \
 	tests/citus_inplace.sh $(CITUS_PORT) && \
 	tests/citus_upgrade.sh $(CITUS_PORT) $(lastword $(RELEASES)) $(VERSION) && \
 	cargo build -q -p tally-api && \
