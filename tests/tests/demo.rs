@@ -53,7 +53,13 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     let cluster_arg = cluster.to_str().unwrap();
     sh(&["scripts/cluster.sh", "stop", cluster_arg]).await;
     let _ = std::fs::remove_dir_all(&cluster);
-    sh(&["scripts/cluster.sh", "start", cluster_arg, &PORT.to_string()]).await;
+    sh(&[
+        "scripts/cluster.sh",
+        "start",
+        cluster_arg,
+        &PORT.to_string(),
+    ])
+    .await;
 
     // The demo database as a 0.1.0 `make run` left it, with one session recorded.
     let admin = tally_e2e::connect(&format!("postgres://postgres@127.0.0.1:{PORT}/postgres")).await;
