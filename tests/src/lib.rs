@@ -47,7 +47,7 @@ fn citus_port() -> Option<String> {
 /// citus created and the workers added (scripts/citus_db.sh).
 pub async fn recreate_empty_database(admin: &Client, name: &str) {
     if let Some(port) = citus_port() {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/citus_db.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/citus_db.sh");
         let status = std::process::Command::new(script)
             .args([&port, name])
             .status()

@@ -625,7 +625,7 @@ async fn a_changed_plan_applies_to_the_next_post_on_every_pooled_connection() {
 async fn database_down_then_up() {
     // A cluster of its own, so stopping it disturbs no other test.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-down-cluster");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
     let cluster = |action: &str| {
         let mut cmd = std::process::Command::new(&script);
         cmd.arg(action).arg(&dir);
