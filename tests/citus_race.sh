@@ -53,3 +53,27 @@ SQL
     || fail "an import with SET LOCAL tally.enforce_limits = off did not count 5 past the limit"
 [ "$(count "SELECT count(*) FROM tally.verify()")" = 0 ] || fail "drift after the import"
 echo "citus race: a plain SET of tally.enforce_limits is refused; SET LOCAL imports past the limit, counted"
+
+# A role without the TRUNCATE privilege is refused before anything is locked: Citus
+# locks a distributed table on every node before PostgreSQL's privilege check, so
+# without tally's earlier check the TRUNCATE below would wait for the open insert
+# (and end in lock_timeout's 55P03, or stall every writer behind it).
+psql -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS race_writer;
+CREATE ROLE race_writer LOGIN;
+GRANT USAGE ON SCHEMA tally TO race_writer;
+GRANT SELECT ON ALL TABLES IN SCHEMA tally TO race_writer;
+GRANT INSERT, UPDATE, DELETE ON tally.sessions TO race_writer;
+SQL
+psql -X -q "$url" -c "BEGIN" -c "SET LOCAL tally.enforce_limits = off" \
+    -c "INSERT INTO tally.sessions (user_id, kind) VALUES ('racer', 'practice')" -c "SELECT pg_sleep(4)" -c "COMMIT" >/dev/null &
+sleep 1
+refusal=$(PGOPTIONS="-c lock_timeout=2s" psql -X -q "postgres://race_writer@127.0.0.1:$port/$db" \
+    -v VERBOSITY=verbose -c "TRUNCATE tally.sessions" 2>&1 || true)
+wait
+case "$refusal" in
+    *"42501"*"permission denied for table sessions"*) ;;
+    *) fail "an unprivileged TRUNCATE was not refused at once with 42501: $refusal" ;;
+esac
+echo "citus race: an unprivileged TRUNCATE during an open write is refused at once (42501)"

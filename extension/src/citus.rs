@@ -157,7 +157,8 @@ impl Drop for AllowNestedExecution {
 /// first, or PostgreSQL's own).
 static mut PREVIOUS_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
 
-/// Installs the check of `SET tally.…` below; called once, from _PG_init.
+/// Installs the checks of `SET tally.…` and of TRUNCATE below; called once, from
+/// _PG_init.
 pub(crate) fn guard_session_settings() {
     // SAFETY: _PG_init runs once per backend before any statement; the previous hook
     // is kept and called for every statement.
@@ -198,7 +199,10 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     // SAFETY: pstmt is the statement PostgreSQL is about to run.
-    unsafe { refuse_session_set(pstmt) };
+    unsafe {
+        refuse_session_set(pstmt);
+        refuse_unprivileged_truncate(pstmt);
+    }
     // SAFETY: the arguments PostgreSQL passed, handed on unchanged.
     unsafe {
         match PREVIOUS_UTILITY_HOOK {
@@ -267,6 +271,55 @@ unsafe extern "C-unwind" fn refuse_session_set(pstmt: *mut pg_sys::PlannedStmt) 
             format!("SET {name} would reach only the coordinator: tally is distributed with Citus; use SET LOCAL inside a transaction block, or ALTER ROLE/DATABASE ... SET"),
             "tally's triggers run on the workers, which see SET LOCAL inside a transaction block and role or database settings, not a session SET",
         );
+    }
+}
+
+/// A TRUNCATE of one of tally's tables by a role without the TRUNCATE privilege is
+/// refused here, with PostgreSQL's own error, before the statement runs. PostgreSQL
+/// checks the privilege before it locks the table; Citus, whose hook runs before
+/// PostgreSQL's, locks a distributed table on every node first, so a role that may
+/// not truncate would otherwise wait behind every writer and stall them in turn
+/// until the distributed deadlock detector cancels one. The name is resolved without
+/// a lock: PostgreSQL checks again as it runs the statement.
+#[pg_guard]
+unsafe extern "C-unwind" fn refuse_unprivileged_truncate(pstmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: a TruncateStmt node is read only when its tag says so; its relations
+    // are a list of RangeVar.
+    unsafe {
+        let statement = (*pstmt).utilityStmt;
+        if statement.is_null() || (*statement).type_ != pg_sys::NodeTag::T_TruncateStmt {
+            return;
+        }
+        let tally = pg_sys::get_namespace_oid(c"tally".as_ptr(), true);
+        let relations = (*(statement as *mut pg_sys::TruncateStmt)).relations;
+        let Some(list) = relations.as_ref() else {
+            return;
+        };
+        for i in 0..list.length {
+            let range_var = pg_sys::list_nth(relations, i) as *const pg_sys::RangeVar;
+            let relid = pg_sys::RangeVarGetRelidExtended(
+                range_var,
+                pg_sys::NoLock as pg_sys::LOCKMODE,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            );
+            if relid == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != tally {
+                continue;
+            }
+            let allowed = pg_sys::pg_class_aclcheck(
+                relid,
+                pg_sys::GetUserId(),
+                pg_sys::ACL_TRUNCATE as pg_sys::AclMode,
+            );
+            if allowed != pg_sys::AclResult::ACLCHECK_OK {
+                pg_sys::aclcheck_error(
+                    allowed,
+                    pg_sys::ObjectType::OBJECT_TABLE,
+                    pg_sys::get_rel_name(relid),
+                );
+            }
+        }
     }
 }
 

@@ -116,10 +116,10 @@ async fn sql_operation(client: &tokio_postgres::Client, rng: &mut StdRng) {
                 .batch_execute(attempt)
                 .await
                 .expect_err(&format!("the writer role could run {attempt}"));
-            assert!(
-                matches!(sqlstate(&error), Some("42501" | "TL004" | "TL007")),
-                "{attempt}: {error:?}"
-            );
+            // The writer holds no privilege for any of these, and each is refused
+            // for that before anything is locked or any trigger runs, on one node
+            // and on Citus (whose TRUNCATE would lock first: tally checks earlier).
+            assert_eq!(sqlstate(&error), Some("42501"), "{attempt}: {error:?}");
             return;
         }
         _ => {
