@@ -98,12 +98,26 @@ pub(crate) fn catch_up() {
     unsafe { pg_sys::AcceptInvalidationMessages() };
 }
 
+/// Whether this transaction reads with a fresh snapshot per statement (READ
+/// COMMITTED). Under REPEATABLE READ and SERIALIZABLE a value read with the
+/// transaction's snapshot can be older than invalidations already processed, so
+/// keeping it would serve it to later transactions; and a kept value read there
+/// would skip the transaction's own snapshot (and, in SERIALIZABLE, its predicate
+/// locks). There the cache is neither read nor filled.
+fn statement_snapshots() -> bool {
+    // SAFETY: reads the backend's isolation level, set at transaction start.
+    unsafe { pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
 fn kept<V: Copy + 'static>(kept: &'static Kept<V>, name: &str) -> Option<V> {
+    if !statement_snapshots() {
+        return None;
+    }
     kept.with(|values| values.borrow().get(name).copied())
 }
 
 fn keep<V: 'static>(kept: &'static Kept<V>, since: Generation, name: &str, value: V) {
-    if since.current() {
+    if since.current() && statement_snapshots() {
         kept.with(|values| values.borrow_mut().insert(name.to_string(), value));
     }
 }
