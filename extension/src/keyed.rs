@@ -257,7 +257,9 @@ impl Table {
         }
     }
 
-    /// The index called `name` (on a shard, `name_<shard id>`).
+    /// The index called `name` (on a shard, `name_<shard id>`), if PostgreSQL itself
+    /// would use it: valid and ready. A failed `CREATE INDEX CONCURRENTLY` leaves an
+    /// index of the name that is neither, with no entries (and no pages) to scan.
     fn index_named(&self, name: &str) -> Option<pg_sys::Oid> {
         // SAFETY: the relation is open; the list and the names are read, not kept.
         unsafe {
@@ -277,7 +279,7 @@ impl Table {
                         })
                 });
             pg_sys::list_free(list);
-            found
+            found.filter(|&index| index_usable(index))
         }
     }
 
@@ -851,6 +853,22 @@ pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
         )
     }
     .expect("timestamptz - interval is not NULL")
+}
+
+/// Whether the index is valid and ready, as the planner requires of an index it uses.
+fn index_usable(index: pg_sys::Oid) -> bool {
+    // SAFETY: the index's table is open and locked, so the index cannot be dropped
+    // meanwhile; the relcache entry is released before returning.
+    unsafe {
+        let relation = pg_sys::RelationIdGetRelation(index);
+        if relation.is_null() {
+            return false;
+        }
+        let form = (*relation).rd_index;
+        let usable = !form.is_null() && (*form).indisvalid && (*form).indisready;
+        pg_sys::RelationClose(relation);
+        usable
+    }
 }
 
 /// Whether tally.usage here has `started_bound` (one node, current schema): a write to
