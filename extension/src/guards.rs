@@ -135,6 +135,17 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
             vec!["tally.sessions".to_string()],
         )
     };
+    // A completion takes no lock on the kind at all (its UPDATE leaves the foreign
+    // key alone), and reads the counter with its own snapshot: a session table
+    // locked in SHARE mode makes this change wait for every write in flight (and
+    // then see its completed sessions) and every later write wait for this change
+    // (and count under the new counter). Taken before the kind row's lock, so that
+    // an insert holding the table and waiting for that row cannot close a cycle.
+    // Kind changes are rare; session writes wait for them to commit.
+    for table in &sessions {
+        Spi::run(&format!("LOCK TABLE {table} IN SHARE MODE"))
+            .unwrap_or_else(|e| panic!("tally: cannot lock {table}: {e}"));
+    }
     Spi::run_with_args(
         &format!("SELECT 1 FROM {kinds} WHERE kind = $1 FOR UPDATE"),
         &[kind.clone().into()],
