@@ -163,8 +163,14 @@ impl Table {
         let relname = std::ffi::CString::new(relname).ok()?;
         // SAFETY: a name lookup that locks what it finds (and rechecks the name after
         // the lock, as every statement does); missing_ok, so an absent table is None.
+        // makeRangeVar keeps the pointers it is given: the names are copied into the
+        // current memory context, which frees them with the range var.
         unsafe {
-            let range = pg_sys::makeRangeVar(schema.into_raw(), relname.into_raw(), -1);
+            let range = pg_sys::makeRangeVar(
+                pg_sys::pstrdup(schema.as_ptr()),
+                pg_sys::pstrdup(relname.as_ptr()),
+                -1,
+            );
             let oid = pg_sys::RangeVarGetRelidExtended(
                 range,
                 lock,
@@ -1018,9 +1024,11 @@ pub(crate) fn add_to_usage(
         // The bound: kept up to date by the change, else counted under the lock.
         let bound_column = usage.found.started_bound;
         let bound_before = bound_column.and_then(|column| row.get::<i32>(column));
+        // A bound that would fall below zero is not a bound any more (sessions were
+        // written past this path): unknown, so the reservations are counted below.
         let mut bound = bound_before
             .zip(change.started)
-            .map(|(bound, started)| bound.saturating_add(started).max(0));
+            .and_then(|(bound, started)| bound.checked_add(started).filter(|n| *n >= 0));
         let mut reservations = None;
         if bound == Some(0) {
             reservations = Some((0, 0));
