@@ -14,7 +14,12 @@ use crate::spi::get;
 
 /// Recounts every usage row of `users` from their completed sessions. The subscription
 /// rows are locked first, so that concurrent session inserts (whose foreign key checks
-/// take KEY SHARE locks) finish before the recount or wait for the new periods.
+/// take KEY SHARE locks) finish before the recount or wait for the new periods. A
+/// completion or a delete takes no lock on the subscription, so the user's sessions
+/// that such a write could count or uncount (started and completed ones) are locked
+/// FOR SHARE too: a write in flight finishes before the recount, and a later one
+/// waits at its row, then counts into the new periods (its counting reads the
+/// subscription with a snapshot taken after the wait).
 pub fn rebuild_usage(users: Vec<String>) {
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
@@ -25,6 +30,7 @@ pub fn rebuild_usage(users: Vec<String>) {
             let key: pgrx::datum::DatumWithOid = user.clone().into();
             for sql in [
                 "SELECT 1 FROM tally.subscriptions WHERE user_id = $1 FOR UPDATE",
+                "SELECT 1 FROM tally.sessions WHERE user_id = $1 AND status <> 'abandoned' FOR SHARE",
                 "DELETE FROM tally.usage WHERE user_id = $1",
             ] {
                 client
