@@ -77,6 +77,10 @@ struct Resolved {
     /// (`tally.usage_reject_direct_write()`, on a shard too), which accepts tally's
     /// own writes: a write by key may skip it.
     guard_triggers_only: bool,
+    /// An update of the table needs nothing from the executor beyond the heap and its
+    /// indexes: no CHECK constraint, stored generated column, rule or row security,
+    /// and no publication of updates (whose replica identity the executor checks).
+    executor_adds_nothing: bool,
     /// The table carries its forget trigger (`tally.forget_plans()` or
     /// `tally.forget_session_kinds()`), enabled ALWAYS: what is read from it may be
     /// kept (crate::reference).
@@ -190,6 +194,7 @@ impl Table {
                     reservations: None,
                     only_primary_key: false,
                     guard_triggers_only: false,
+                    executor_adds_nothing: false,
                     forgets_on_write: false,
                     started_bound: None,
                 },
@@ -203,6 +208,7 @@ impl Table {
             };
             table.found.reservations = table.index_named("sessions_reservations_idx");
             table.found.guard_triggers_only = table.guard_triggers_only();
+            table.found.executor_adds_nothing = table.executor_adds_nothing();
             table.found.forgets_on_write = table.forgets_on_write();
             // Kept on one node only: a Citus shard's copy of the column is not read.
             table.found.started_bound = (local == "tally.usage")
@@ -235,6 +241,28 @@ impl Table {
         self.triggers()
             .iter()
             .all(|t| runs_tally_function(t, &[c"usage_reject_direct_write"]))
+    }
+
+    /// Whether an update of the table needs nothing the executor would add to a heap
+    /// update: a DBA's CHECK constraint, stored generated column, rule, row security
+    /// or publication of updates each makes the counter write take the SQL path,
+    /// where PostgreSQL applies it. (Adding any of them invalidates the relcache
+    /// entry, which makes the table be resolved again.)
+    fn executor_adds_nothing(&self) -> bool {
+        // SAFETY: the relation is open; its descriptor, rules and class row are read,
+        // and the publication descriptor is built into a local value.
+        unsafe {
+            let relation = self.relation;
+            let constraints = (*(*relation).rd_att).constr;
+            let checks_or_generated = !constraints.is_null()
+                && ((*constraints).num_check > 0 || (*constraints).has_generated_stored);
+            let mut publication = pg_sys::PublicationDesc::default();
+            pg_sys::RelationBuildPublicationDesc(relation, &mut publication);
+            !checks_or_generated
+                && (*relation).rd_rules.is_null()
+                && !(*(*relation).rd_rel).relrowsecurity
+                && !publication.pubactions.pubupdate
+        }
     }
 
     /// Whether a trigger on the table runs `tally.forget_plans()` or
@@ -946,7 +974,8 @@ pub(crate) fn add_to_usage(
     // SAFETY: the relation is open; its access method is read. tally's own guard is
     // the only trigger a write by key skips: it accepts tally's writes.
     let plain = unsafe { (*(*usage.relation).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID }
-        && usage.found.guard_triggers_only;
+        && usage.found.guard_triggers_only
+        && usage.found.executor_adds_nothing;
     if !plain {
         return None;
     }
