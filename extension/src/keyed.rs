@@ -77,9 +77,10 @@ struct Resolved {
     /// (`tally.usage_reject_direct_write()`, on a shard too), which accepts tally's
     /// own writes: a write by key may skip it.
     guard_triggers_only: bool,
-    /// An update of the table needs nothing from the executor beyond the heap and its
-    /// indexes: no CHECK constraint, stored generated column, rule or row security,
-    /// and no publication of updates (whose replica identity the executor checks).
+    /// (tally.usage and its shards only; false elsewhere) An update of the table needs
+    /// nothing from the executor beyond the heap and its indexes: no CHECK constraint, stored
+    /// generated column, rule or row security, and no publication of updates (whose
+    /// replica identity the executor checks).
     executor_adds_nothing: bool,
     /// The table carries its forget trigger (`tally.forget_plans()` or
     /// `tally.forget_session_kinds()`), enabled ALWAYS: what is read from it may be
@@ -151,14 +152,14 @@ impl Table {
                 return Some(Table { relation, found });
             }
         }
-        let table = Self::find(&local, lock)?;
+        let table = Self::find(name, &local, lock)?;
         watch_relcache();
         RESOLVED.with(|resolved| resolved.borrow_mut().insert(local.to_string(), table.found));
         Some(table)
     }
 
-    /// Looks the table up by name, and its indexes.
-    fn find(local: &str, lock: pg_sys::LOCKMODE) -> Option<Table> {
+    /// Looks up `local`, the node's table (or shard) for `name`, and its indexes.
+    fn find(name: &str, local: &str, lock: pg_sys::LOCKMODE) -> Option<Table> {
         let (schema, relname) = local.split_once('.')?;
         if relname.contains('"') || schema.contains('"') {
             return None;
@@ -208,7 +209,10 @@ impl Table {
             };
             table.found.reservations = table.index_named("sessions_reservations_idx");
             table.found.guard_triggers_only = table.guard_triggers_only();
-            table.found.executor_adds_nothing = table.executor_adds_nothing();
+            // Read only by the counter write, which updates tally.usage (or its shard)
+            // alone.
+            table.found.executor_adds_nothing =
+                name == "tally.usage" && table.executor_adds_nothing();
             table.found.forgets_on_write = table.forgets_on_write();
             // Kept on one node only: a Citus shard's copy of the column is not read.
             table.found.started_bound = (local == "tally.usage")
@@ -356,10 +360,10 @@ impl Table {
     /// versions, so a page of counter rows would be pruned at nearly every update,
     /// each prune a scan of the whole page with a WAL record. Pruned here only when
     /// fewer than PRUNE_ROOM versions of this row still fit, a page takes dozens of
-    /// HOT updates between prunes, and a
-    /// prune that cannot take its cleanup lock (another backend has the page pinned)
-    /// is tried again at the next updates before the page is full. Other readers
-    /// (the usage view, SPI statements, VACUUM) prune as PostgreSQL does.
+    /// HOT updates between prunes, and a prune that cannot take its cleanup lock
+    /// (another backend has the page pinned) is tried again at the next updates
+    /// before the page is full. Other readers (the usage view, SPI statements,
+    /// VACUUM) prune as PostgreSQL does.
     fn find_for_update(
         &self,
         index: pg_sys::Oid,
