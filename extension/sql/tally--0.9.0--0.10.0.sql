@@ -31,6 +31,20 @@ COMMENT ON FUNCTION tally.leave_extension_here() IS
     'Takes tally''s tables, views and sequence out of the extension on this node, for Citus (tally.distribute() and a joining node).';
 REVOKE ALL ON FUNCTION tally.leave_extension_here() FROM PUBLIC;
 
+-- Whether this node's own copies of tally's tables hold rows: a node with sessions,
+-- subscriptions or plans of its own cannot hold shards, and its tables are not
+-- dropped (distribute() and a joining node both ask).
+CREATE FUNCTION tally.own_tables_hold_data() RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN EXISTS (SELECT FROM tally.sessions) OR EXISTS (SELECT FROM tally.subscriptions)
+        OR EXISTS (SELECT FROM tally.plans);
+END
+$fn$;
+REVOKE ALL ON FUNCTION tally.own_tables_hold_data() FROM PUBLIC;
+
 -- A node added to a distributed tally (citus_add_node, whether or not an operator
 -- created tally there first) runs CREATE EXTENSION tally if needed and then drops
 -- each of tally's tables to create the coordinator's shell in its place. Those
@@ -54,8 +68,7 @@ BEGIN
                       AND d.objid = to_regclass('tally.sessions')) THEN
         RETURN;
     END IF;
-    IF EXISTS (SELECT FROM tally.sessions) OR EXISTS (SELECT FROM tally.subscriptions)
-       OR EXISTS (SELECT FROM tally.plans) THEN
+    IF tally.own_tables_hold_data() THEN
         RAISE EXCEPTION USING ERRCODE = 'TL009',
             MESSAGE = 'this node''s own tally tables hold data, so it cannot hold shards of a distributed tally',
             HINT = 'move that data to the coordinator, run DROP EXTENSION tally CASCADE on this node, then add it again';
@@ -111,8 +124,7 @@ BEGIN
         BEGIN
             IF to_regclass('tally.sessions') IS NOT NULL
                AND NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass('tally.sessions')) THEN
-                IF EXISTS (SELECT FROM tally.sessions) OR EXISTS (SELECT FROM tally.subscriptions)
-                   OR EXISTS (SELECT FROM tally.plans) THEN
+                IF tally.own_tables_hold_data() THEN
                     RAISE EXCEPTION 'this worker''s own tally tables hold data';
                 END IF;
                 PERFORM tally.leave_extension_here();
