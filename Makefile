@@ -37,7 +37,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release docs-check lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
+        upgrade-test test-spi package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -105,12 +105,22 @@ define fresh_db
 	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d $(1) -c "CREATE EXTENSION tally"
 endef
 
-# pg_regress over database $(1), which has the extension.
+# pg_regress over database $(1), which has the extension: the files $(2), or all.
 define run_regress
 	mkdir -p target/regress
 	$(PGXS_SRC)/test/regress/pg_regress --use-existing --host=127.0.0.1 --port=$(TEST_PORT) --user=postgres \
 	    --inputdir=extension/tests/pg_regress --outputdir=target/regress --dbname=$(1) \
-	    $(REGRESS_TESTS) || { cat target/regress/regression.diffs; exit 1; }
+	    $(or $(2),$(REGRESS_TESTS)) || { cat target/regress/regression.diffs; exit 1; }
+endef
+
+ISOLATION_TESTS = $(shell sed -n 's/^test: //p' extension/tests/isolation/schedule)
+
+# The isolation specs $(2) over database $(1), which has the extension.
+define run_isolation
+	mkdir -p target/isolation
+	$(PGXS_SRC)/test/isolation/pg_isolation_regress --use-existing --host=127.0.0.1 --port=$(TEST_PORT) --user=postgres \
+	    --inputdir=extension/tests/isolation --outputdir=target/isolation --dbname=$(1) \
+	    $(2) || { cat target/isolation/regression.diffs; exit 1; }
 endef
 
 regress: test-cluster
@@ -128,10 +138,25 @@ upgrade-test: test-cluster
 
 isolation: test-cluster
 	$(call fresh_db,tally_isolation)
-	mkdir -p target/isolation
-	$(PGXS_SRC)/test/isolation/pg_isolation_regress --use-existing --host=127.0.0.1 --port=$(TEST_PORT) --user=postgres \
-	    --inputdir=extension/tests/isolation --outputdir=target/isolation --dbname=tally_isolation \
-	    $$(sed -n 's/^test: //p' extension/tests/isolation/schedule) || { cat target/isolation/regression.diffs; exit 1; }
+	$(call run_isolation,tally_isolation,$(ISOLATION_TESTS))
+
+# The correctness suites again with tally.fast_path off, in databases of their own:
+# the SPI path, the reference, passes the same pg_regress files, isolation specs and
+# randomized, hostile and limit tests as the fast path. Left out: the files about the
+# fast path's own bookkeeping (tally.usage.started_bound, kept only by its writes).
+FAST_PATH_ONLY_REGRESS := started_bound
+FAST_PATH_ONLY_ISOLATION := started_bound_race
+SPI_E2E := invariant limits hostile bad_input
+test-spi: test-cluster
+	$(call fresh_db,tally_regress_spi)
+	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d postgres -c "ALTER DATABASE tally_regress_spi SET tally.fast_path = off"
+	$(call run_regress,tally_regress_spi,$(filter-out $(FAST_PATH_ONLY_REGRESS),$(REGRESS_TESTS)))
+	$(call fresh_db,tally_isolation_spi)
+	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d postgres -c "ALTER DATABASE tally_isolation_spi SET tally.fast_path = off"
+	$(call run_isolation,tally_isolation_spi,$(filter-out $(FAST_PATH_ONLY_ISOLATION),$(ISOLATION_TESTS)))
+	cargo build -q -p tally-api
+	TALLY_TEST_FAST_PATH=off TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres \
+	    cargo test -p tally-e2e --no-fail-fast $(foreach t,$(SPI_E2E),--test $(t)) -- --test-threads=1
 
 # Citus, built and installed into PG_CONFIG's PostgreSQL when missing.
 setup-citus: setup
@@ -231,7 +256,7 @@ package-test: package
 test: setup docs-check lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation upgrade-test e2e schemathesis client-test browser-test package-test
+	$(MAKE) --no-print-directory regress isolation test-spi upgrade-test e2e schemathesis client-test browser-test package-test
 	@$(MAKE) --no-print-directory test-citus
 
 run: install-release

@@ -80,7 +80,9 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
             None => pg_sys::standard_ExecutorStart(query, eflags),
         }
         let operation = (*query).operation;
-        if eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0
+        // With tally.fast_path off PostgreSQL builds every expression itself.
+        if !crate::settings::fast_path()
+            || eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0
             || (operation != pg_sys::CmdType::CMD_INSERT
                 && operation != pg_sys::CmdType::CMD_UPDATE)
         {

@@ -15,9 +15,10 @@
 //! - in SERIALIZABLE transactions, the predicate locks, which the access methods take.
 //!
 //! They read tally's tables on this node: one node, or in a trigger on a Citus shard
-//! the co-located shards (crate::citus::ShardTables). Anywhere else `Tables::here`,
-//! `Reservations::here` and `add_to_usage` return None and counting runs its SPI
-//! statements instead.
+//! the co-located shards (crate::citus::ShardTables), while `tally.fast_path` is on.
+//! Anywhere else (`serves_here`) `Tables::here`, `Reservations::here` and
+//! `add_to_usage` return None and counting runs its SPI statements instead: those are
+//! the reference, and the correctness suites run against both (`make test-spi`).
 
 use std::ffi::CStr;
 
@@ -49,6 +50,12 @@ impl Drop for StatementSnapshot {
         // SAFETY: registered in take(); at abort the resource owner releases it instead.
         unsafe { pg_sys::UnregisterSnapshot(self.0) };
     }
+}
+
+/// Whether this module serves reads and writes here: tally's tables are this node's
+/// own and `tally.fast_path` is on.
+pub(crate) fn serves_here() -> bool {
+    crate::settings::fast_path() && ShardTables::all_local()
 }
 
 /// A table opened under AccessShareLock (kept to the end of the transaction), with
@@ -649,7 +656,7 @@ pub(crate) struct Tables {
 impl Tables {
     /// None where tally's tables are not this node's own (counting then uses SPI).
     pub(crate) fn here() -> Option<Tables> {
-        ShardTables::all_local().then(|| {
+        serves_here().then(|| {
             let since = reference::Generation::now();
             let snapshot = StatementSnapshot::take();
             reference::catch_up();
@@ -760,7 +767,7 @@ pub(crate) struct Reservations {
 impl Reservations {
     /// None where the sessions table or its reservation index cannot be read here.
     pub(crate) fn here() -> Option<Reservations> {
-        if !ShardTables::all_local() {
+        if !serves_here() {
             return None;
         }
         let snapshot = StatementSnapshot::take();
@@ -967,7 +974,7 @@ pub(crate) fn add_to_usage(
     // SAFETY: reads the backend's isolation level.
     let snapshot_isolation =
         unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::os::raw::c_int;
-    if snapshot_isolation || !ShardTables::all_local() {
+    if snapshot_isolation || !serves_here() {
         return None;
     }
     let usage = Table::open_locked("tally.usage", pg_sys::RowExclusiveLock as _)?;

@@ -1,4 +1,4 @@
-//! Settings: `tally.enforce_limits` and `tally.reservation_timeout`.
+//! Settings: `tally.enforce_limits`, `tally.reservation_timeout` and `tally.fast_path`.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 
@@ -10,7 +10,19 @@ pub static ENFORCE_LIMITS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static RESERVATION_TIMEOUT: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"2 hours"));
 
+pub static FAST_PATH: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"tally.fast_path",
+        c"Count single-row writes through direct index and heap access (crate::keyed).",
+        c"Off, every read and counter write runs as an SQL statement through SPI, the reference path. Only a superuser may change it.",
+        &FAST_PATH,
+        // Both paths count the same; the reference path exists to compare with, and
+        // to step around the fast path should it ever misbehave.
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"tally.enforce_limits",
         c"Reject metered sessions that would exceed the plan limit.",
@@ -98,4 +110,9 @@ pub fn reservation_timeout() -> Interval {
 
 pub fn enforce_limits() -> bool {
     ENFORCE_LIMITS.get()
+}
+
+/// Setting `tally.fast_path`: whether crate::keyed may serve reads and writes.
+pub fn fast_path() -> bool {
+    FAST_PATH.get()
 }

@@ -264,6 +264,44 @@ mod tests {
         assert_eq!(by_key, Some((2, 1)));
     }
 
+    /// `tally.fast_path = off` takes every read and write to SPI: nothing is served by
+    /// key, and the usage row's bound, which only the write by key keeps, stays
+    /// unknown. On again, the next single-row write keeps it. Only a superuser may
+    /// change the setting.
+    #[pg_test]
+    fn fast_path_off_counts_through_spi_only() {
+        fixtures();
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', now() - interval '1 minute')");
+        let practice_now = || {
+            Spi::get_one::<i32>(
+                "SELECT practice_sessions_used FROM tally.current_usage WHERE user_id = 'kamile'",
+            )
+            .unwrap()
+        };
+        let bound = || {
+            Spi::get_one::<i32>("SELECT started_bound FROM tally.usage WHERE user_id = 'kamile'")
+                .unwrap()
+        };
+        run("SET LOCAL tally.fast_path = off");
+        assert!(crate::keyed::Tables::here().is_none());
+        assert!(crate::keyed::Reservations::here().is_none());
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', now() - interval '1 minute')");
+        assert_eq!(bound(), None);
+        assert_eq!(practice_now(), Some(2));
+        run("SET LOCAL tally.fast_path = on");
+        assert!(crate::keyed::Reservations::here().is_some());
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', now() - interval '1 minute')");
+        assert_eq!(bound(), Some(0));
+        assert_eq!(practice_now(), Some(3));
+        assert_no_drift();
+        run("CREATE ROLE tally_fast_path_tester");
+        run("SET LOCAL ROLE tally_fast_path_tester");
+        assert_eq!(
+            error_code("SET tally.fast_path = off"),
+            Some("42501".into())
+        );
+    }
+
     /// Without the reservation index the count falls back to SQL, and limits hold.
     #[pg_test]
     fn limits_hold_without_the_reservation_index() {

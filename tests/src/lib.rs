@@ -70,6 +70,13 @@ pub async fn recreate_empty_database(admin: &Client, name: &str) {
 pub async fn fresh_database(name: &str) -> String {
     let admin = connect(&admin_url()).await;
     recreate_empty_database(&admin, name).await;
+    // `make test-spi`: every connection to the database counts through SPI only.
+    if std::env::var("TALLY_TEST_FAST_PATH").as_deref() == Ok("off") {
+        admin
+            .batch_execute(&format!("ALTER DATABASE {name} SET tally.fast_path = off"))
+            .await
+            .expect("turn the fast path off");
+    }
     let url = url_for(name);
     let client = connect(&url).await;
     client

@@ -134,10 +134,15 @@ RESET tally.enforce_limits;
 -- An unlimited counter on a plan whose other counter is limited: no limit check, so
 -- the reservations the document needs are known only while the usage row's bound
 -- says no session is started (tally.usage.started_bound = 0); with one started, the
--- view is read.
-SELECT 'unlimited counter' AS "case", * FROM pg_temp.record('uma', 'assessment')
-UNION ALL SELECT 'unlimited, one started', * FROM pg_temp.record('uma', 'assessment', 'started')
-UNION ALL SELECT 'unlimited, after it', * FROM pg_temp.record('uma', 'assessment');
+-- view is read. The bound is kept only by the fast path: with tally.fast_path off
+-- (make test-spi) the view is read every time. On Citus the shards do the lookups.
+SELECT "case", created, same_as_read,
+       subscription_lookups = CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 0
+                                   WHEN "case" = 'unlimited counter' AND current_setting('tally.fast_path')::boolean THEN 2
+                                   ELSE 3 END AS lookups_as_expected
+FROM (SELECT 'unlimited counter' AS "case", * FROM pg_temp.record('uma', 'assessment')
+      UNION ALL SELECT 'unlimited, one started', * FROM pg_temp.record('uma', 'assessment', 'started')
+      UNION ALL SELECT 'unlimited, after it', * FROM pg_temp.record('uma', 'assessment')) r;
 -- The trigger's figures describe the moment after its INSERT: any later write in
 -- the transaction, or rolling the INSERT back to a savepoint, sends the next reader
 -- to the view (no lookup of the subscription for the figures, one for the view).
