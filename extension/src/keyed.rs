@@ -101,9 +101,11 @@ struct Resolved {
 }
 
 thread_local! {
-    /// Tables found by (local) name, kept until any relcache invalidation: a table
-    /// or index dropped, renamed or re-created sends one, and it is processed when
-    /// the table is next locked, before the kept OIDs are used.
+    /// Tables found by (local) name, each kept until a relcache invalidation of the
+    /// table or of an index kept with it (or of every relation): a table or index
+    /// dropped, renamed, re-created or altered (triggers, constraints, policies,
+    /// publications, an index built or failed) sends one for the table, and it is
+    /// processed when the table is next locked, before the kept OIDs are used.
     static RESOLVED: std::cell::RefCell<std::collections::HashMap<String, Resolved>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
     static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -111,7 +113,8 @@ thread_local! {
 
 /// Registers, once per backend, the one relcache callback that empties what is
 /// kept by table: RESOLVED here, and the plans and kinds of crate::reference (which
-/// are kept only while RESOLVED says their table carries its forget trigger).
+/// are kept only while RESOLVED says their table carries its forget trigger, so
+/// they go when that table's entry goes).
 pub(crate) fn watch_relcache() {
     if !WATCHING.with(|w| w.replace(true)) {
         // SAFETY: registers a callback that only empties caches.
@@ -122,9 +125,31 @@ pub(crate) fn watch_relcache() {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn forget_resolved(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
-    RESOLVED.with(|resolved| resolved.borrow_mut().clear());
-    reference::forget();
+unsafe extern "C-unwind" fn forget_resolved(_arg: pg_sys::Datum, relation: pg_sys::Oid) {
+    // InvalidOid: every relation (an overflowed queue, a publication for all tables).
+    let every = relation == pg_sys::InvalidOid;
+    let mut kept_from = false;
+    RESOLVED.with(|resolved| {
+        resolved.borrow_mut().retain(|_, found| {
+            let hit = every
+                || found.table == relation
+                || found.primary_key == Some(relation)
+                || found.reservations == Some(relation);
+            kept_from |= hit && found.forgets_on_write;
+            !hit
+        })
+    });
+    if every || kept_from {
+        reference::forget();
+    }
+}
+
+/// The names of the tables kept resolved (the tests' view of RESOLVED).
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) fn resolved_names() -> Vec<String> {
+    let mut names: Vec<String> = RESOLVED.with(|r| r.borrow().keys().cloned().collect());
+    names.sort();
+    names
 }
 
 fn resolved(name: &str) -> Option<Resolved> {

@@ -10,8 +10,9 @@
 //!   under `session_replication_role = replica` too). Other backends receive it when
 //!   the writing transaction commits, before it releases its locks; this backend at
 //!   its next command (`CommandCounterIncrement`), and again if it rolls back.
-//! - DDL on any table, an overflowed invalidation queue and the like send one too:
-//!   the cache is emptied more often than needed, never less.
+//! - DDL on either table (its triggers among it), an overflowed invalidation queue
+//!   and the like send one too. Invalidations of other relations leave the cache
+//!   alone (crate::keyed forgets only the tables they name).
 //!
 //! A reader calls `AcceptInvalidationMessages` (`catch_up`) once before using the
 //! cache, after the statement snapshot it reads tally's tables with. A committed change is answered

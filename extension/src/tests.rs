@@ -302,6 +302,42 @@ mod tests {
         );
     }
 
+    /// A relcache invalidation forgets only the table it names: DDL elsewhere keeps
+    /// what was resolved and the plans kept, an index built on tally.usage forgets
+    /// tally.usage alone, and a write to tally.plans forgets the plans kept.
+    #[pg_test]
+    fn invalidations_forget_only_the_table_they_name() {
+        fixtures();
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', now() - interval '1 minute')");
+        run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', now() - interval '1 minute')");
+        let kept = || {
+            crate::reference::catch_up();
+            (
+                crate::keyed::resolved_names(),
+                crate::reference::plan("fluency_builder").is_some(),
+            )
+        };
+        let (before, plan_kept) = kept();
+        assert!(before.contains(&"tally.usage".to_string()), "{before:?}");
+        assert!(before.contains(&"tally.plans".to_string()), "{before:?}");
+        assert!(plan_kept);
+        run("CREATE TABLE public.unrelated (x int)");
+        run("CREATE INDEX ON public.unrelated (x)");
+        run("ALTER TABLE public.unrelated ADD CONSTRAINT x_positive CHECK (x > 0)");
+        assert_eq!(kept(), (before.clone(), true));
+        run("CREATE INDEX usage_period_end_idx ON tally.usage (period_end)");
+        let (after, plan_kept) = kept();
+        let expected: Vec<String> = before
+            .iter()
+            .filter(|n| *n != "tally.usage")
+            .cloned()
+            .collect();
+        assert_eq!(after, expected);
+        assert!(plan_kept);
+        run("UPDATE tally.plans SET display_name = 'Fluency Builder 2' WHERE plan_id = 'fluency_builder'");
+        assert!(!kept().1);
+    }
+
     /// Without the reservation index the count falls back to SQL, and limits hold.
     #[pg_test]
     fn limits_hold_without_the_reservation_index() {
