@@ -146,6 +146,10 @@ impl AllowNestedExecution {
 
 impl Drop for AllowNestedExecution {
     fn drop(&mut self) {
+        // Unwinding from an error: the (sub)transaction's abort closes the level.
+        if std::thread::panicking() {
+            return;
+        }
         if let Some(level) = self.0 {
             // SAFETY: restores the settings of the nest level begin() opened.
             unsafe { pg_sys::AtEOXact_GUC(true, level) };

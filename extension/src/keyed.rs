@@ -47,6 +47,10 @@ impl StatementSnapshot {
 
 impl Drop for StatementSnapshot {
     fn drop(&mut self) {
+        // Unwinding from an error: the (sub)transaction's abort releases it.
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: registered in take(); at abort the resource owner releases it instead.
         unsafe { pg_sys::UnregisterSnapshot(self.0) };
     }
@@ -67,6 +71,10 @@ struct Table {
 
 impl Drop for Table {
     fn drop(&mut self) {
+        // Unwinding from an error: the abort closes the relation (its resource owner).
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: opened in Table::open; the lock stays, as the executor's would.
         unsafe { pg_sys::relation_close(self.relation, pg_sys::NoLock as _) };
     }

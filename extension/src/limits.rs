@@ -109,7 +109,12 @@ impl IndexOnlyPlanning {
 
 impl Drop for IndexOnlyPlanning {
     fn drop(&mut self) {
-        if let Some((_, Some(level))) = PLANNING.with(|p| p.borrow_mut().pop()) {
+        let popped = PLANNING.with(|p| p.borrow_mut().pop());
+        // Unwinding from an error: the (sub)transaction's abort closes the level.
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some((_, Some(level))) = popped {
             // SAFETY: closes the nest level opened in apply().
             unsafe { pg_sys::AtEOXact_GUC(true, level) };
         }

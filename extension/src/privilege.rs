@@ -38,6 +38,10 @@ impl CatalogSearchPath {
 
 impl Drop for CatalogSearchPath {
     fn drop(&mut self) {
+        // Unwinding from an error: the (sub)transaction's abort pops it.
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: pops the entry push() pushed.
         unsafe { pg_sys::PopOverrideSearchPath() };
     }
