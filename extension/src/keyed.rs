@@ -1158,22 +1158,21 @@ pub(crate) fn add_to_usage(
         if !heap_only {
             let index = pg_sys::index_open(index, pg_sys::RowExclusiveLock as _);
             let info = pg_sys::BuildIndexInfo(index);
-            // In the index's column order.
-            let form = (*index).rd_index;
-            let mut key_values: Vec<pg_sys::Datum> = (*form)
-                .indkey
-                .values
-                .as_slice((*form).indnatts as usize)
-                .iter()
-                .map(|&column| {
-                    if column == user {
-                        user_datum
-                    } else {
-                        start_datum
-                    }
-                })
-                .collect();
-            let mut key_nulls = vec![false; key_values.len()];
+            // The index tuple as the executor forms it (ExecInsertIndexTuples), from
+            // the new row: key and INCLUDE columns alike, whatever the key's shape.
+            // A primary key has no expressions or predicate, so no EState is needed.
+            let new_slot =
+                pg_sys::MakeSingleTupleTableSlot((*relation).rd_att, &pg_sys::TTSOpsHeapTuple);
+            pg_sys::ExecStoreHeapTuple(new, new_slot, false);
+            let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+            let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+            pg_sys::FormIndexDatum(
+                info,
+                new_slot,
+                std::ptr::null_mut(),
+                key_values.as_mut_ptr(),
+                key_nulls.as_mut_ptr(),
+            );
             pg_sys::index_insert(
                 index,
                 key_values.as_mut_ptr(),
@@ -1184,6 +1183,8 @@ pub(crate) fn add_to_usage(
                 true,
                 info,
             );
+            // The slot does not own the tuple, freed below.
+            pg_sys::ExecDropSingleTupleTableSlot(new_slot);
             pg_sys::index_close(index, pg_sys::NoLock as _);
         }
         pg_sys::heap_freetuple(new);

@@ -394,6 +394,35 @@ mod tests {
         assert_no_drift();
     }
 
+    /// A primary key of another shape (here with an INCLUDE column that every
+    /// counter write changes, so no update is HOT) gets the index tuples the
+    /// executor would form: amcheck finds every row version in the index as it is.
+    #[pg_test]
+    fn usage_key_with_include_columns_is_indexed_as_the_executor_would() {
+        fixtures();
+        run("CREATE EXTENSION IF NOT EXISTS amcheck");
+        run("ALTER TABLE tally.usage DROP CONSTRAINT usage_pkey,
+             ADD CONSTRAINT usage_pkey PRIMARY KEY (user_id, period_start) INCLUDE (practice_sessions_used)");
+        let hot = || {
+            Spi::get_one::<i64>(
+                "SELECT pg_stat_get_xact_tuples_hot_updated('tally.usage'::regclass)",
+            )
+            .unwrap()
+            .unwrap_or(0)
+        };
+        for _ in 0..20 {
+            run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-06 10:00+00')");
+        }
+        assert_eq!(
+            hot(),
+            0,
+            "an update that changes an INCLUDE column is not HOT"
+        );
+        run("SELECT bt_index_check('tally.usage_pkey', heapallindexed => true)");
+        assert_eq!(usage("kamile", "2026-02-28 00:00+00"), (20, 0));
+        assert_no_drift();
+    }
+
     /// A trigger someone adds to tally.usage still fires for tally's counter
     /// updates: with it, they take the upsert instead of the update by key.
     #[pg_test]
