@@ -14,7 +14,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 # The extension's version, and every earlier release an upgrade is tested from.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' extension/Cargo.toml)
-RELEASES := 0.1.0 0.2.0 0.3.0 0.4.0 0.5.0 0.6.0 0.7.0 0.8.0 0.9.0
+RELEASES := 0.1.0 0.2.0 0.3.0 0.4.0 0.5.0 0.6.0 0.7.0 0.8.0 0.9.0 0.10.0
 
 TEST_PORT ?= 55433
 TEST_CLUSTER := target/test-cluster
@@ -37,7 +37,7 @@ TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_reg
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release docs-check lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test test-spi package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
+        upgrade-test test-spi logical-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -158,6 +158,13 @@ test-spi: test-cluster
 	TALLY_TEST_FAST_PATH=off TALLY_TEST_ADMIN_URL=$(TEST_URL)/postgres \
 	    cargo test -p tally-e2e --no-fail-fast $(foreach t,$(SPI_E2E),--test $(t)) -- --test-threads=1
 
+# A logical-replication subscriber of tally.plans and tally.session_kinds: its
+# connections forget a plan or kind changed by replication (a cluster of its own,
+# with wal_level = logical).
+LOGICAL_PORT ?= 55437
+logical-test:
+	tests/logical_subscriber.sh $(LOGICAL_PORT) target/logical-cluster
+
 # Citus, built and installed into PG_CONFIG's PostgreSQL when missing.
 setup-citus: setup
 	@[ -n "$(CITUS_BUILD)" ] || { echo "Citus source not found: set CITUS_BUILD=/path/to/shared/citus/build.sh" >&2; exit 1; }
@@ -256,7 +263,7 @@ package-test: package
 test: setup docs-check lint unit-test api-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation test-spi upgrade-test e2e schemathesis client-test browser-test package-test
+	$(MAKE) --no-print-directory regress isolation test-spi upgrade-test logical-test e2e schemathesis client-test browser-test package-test
 	@$(MAKE) --no-print-directory test-citus
 
 run: install-release
@@ -280,4 +287,4 @@ clean:
 	scripts/cluster.sh stop $(TEST_CLUSTER)
 	scripts/cluster.sh stop $(RUN_CLUSTER)
 	scripts/citus_cluster.sh stop $(CITUS_CLUSTER)
-	rm -rf target/citus-cluster target/citus-regress target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade
+	rm -rf target/citus-cluster target/citus-regress target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade target/logical-cluster

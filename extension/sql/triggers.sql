@@ -57,6 +57,12 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'tally_forget_plans';
 CREATE FUNCTION tally.forget_session_kinds() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tally_forget_session_kinds';
 
+CREATE FUNCTION tally.forget_plan_rows() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tally_forget_plan_rows';
+
+CREATE FUNCTION tally.forget_session_kind_rows() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tally_forget_session_kind_rows';
+
 -- sessions ------------------------------------------------------------------
 
 -- Only rows without completed_at reach the function (imports that carry it never
@@ -142,6 +148,19 @@ CREATE TRIGGER session_kinds_forget
     FOR EACH STATEMENT EXECUTE FUNCTION tally.forget_session_kinds();
 ALTER TABLE tally.session_kinds ENABLE ALWAYS TRIGGER session_kinds_forget;
 
+-- The same per row: a logical-replication subscriber's apply worker fires row
+-- triggers only (TRUNCATE's statement triggers apart), so a plan or kind changed by
+-- replication is forgotten too.
+CREATE TRIGGER plans_forget_rows
+    BEFORE INSERT OR UPDATE OR DELETE ON tally.plans
+    FOR EACH ROW EXECUTE FUNCTION tally.forget_plan_rows();
+ALTER TABLE tally.plans ENABLE ALWAYS TRIGGER plans_forget_rows;
+
+CREATE TRIGGER session_kinds_forget_rows
+    BEFORE INSERT OR UPDATE OR DELETE ON tally.session_kinds
+    FOR EACH ROW EXECUTE FUNCTION tally.forget_session_kind_rows();
+ALTER TABLE tally.session_kinds ENABLE ALWAYS TRIGGER session_kinds_forget_rows;
+
 -- repair writes counters on the caller's behalf; only roles granted EXECUTE may run it.
 REVOKE ALL ON FUNCTION tally.repair() FROM PUBLIC;
 
@@ -156,5 +175,6 @@ REVOKE ALL ON FUNCTION
     tally.learning_plans_guard_counter(), tally.learning_plans_keep_completed(),
     tally.session_kinds_check_counter(), tally.subscriptions_rebucket(),
     tally.subscriptions_drop_usage(), tally.plans_rebucket(),
-    tally.forget_plans(), tally.forget_session_kinds()
+    tally.forget_plans(), tally.forget_session_kinds(),
+    tally.forget_plan_rows(), tally.forget_session_kind_rows()
 FROM PUBLIC;

@@ -97,9 +97,8 @@ struct Resolved {
     /// generated column, rule or row security, and no publication of updates (whose
     /// replica identity the executor checks).
     executor_adds_nothing: bool,
-    /// The table carries its forget trigger (`tally.forget_plans()` or
-    /// `tally.forget_session_kinds()`), enabled ALWAYS: what is read from it may be
-    /// kept (crate::reference).
+    /// The table carries its forget triggers (`Table::forgets_on_write`), enabled
+    /// ALWAYS: what is read from it may be kept (crate::reference).
     forgets_on_write: bool,
     /// tally.usage's `started_bound` column (see `add_to_usage`): absent in a
     /// database at an earlier release (see the crate's docs), and not used on a
@@ -309,17 +308,20 @@ impl Table {
         }
     }
 
-    /// Whether a trigger on the table runs `tally.forget_plans()` or
-    /// `tally.forget_session_kinds()` and is enabled ALWAYS. Not so on a database
-    /// whose release had no such trigger (see the crate's docs), where the owner
-    /// disabled or re-enabled it, or on Citus placements. (Creating, altering or
-    /// dropping a trigger invalidates the table's relcache entry, which empties
-    /// RESOLVED and crate::reference alike.)
+    /// Whether the table carries both of its forget triggers enabled ALWAYS: the
+    /// statement trigger (`tally.forget_plans()` or `tally.forget_session_kinds()`)
+    /// and the row trigger (`tally.forget_plan_rows()` or
+    /// `tally.forget_session_kind_rows()`, which a logical-replication apply worker
+    /// fires). Not so on a database at a release without them, on a Citus placement,
+    /// or while the owner has either disabled (crate::reference).
     fn forgets_on_write(&self) -> bool {
-        self.triggers().iter().any(|t| {
-            t.tgenabled as u8 == pg_sys::TRIGGER_FIRES_ALWAYS
-                && runs_tally_function(t, &[c"forget_plans", c"forget_session_kinds"])
-        })
+        let always = |names: &[&CStr]| {
+            self.triggers().iter().any(|t| {
+                t.tgenabled as u8 == pg_sys::TRIGGER_FIRES_ALWAYS && runs_tally_function(t, names)
+            })
+        };
+        always(&[c"forget_plans", c"forget_session_kinds"])
+            && always(&[c"forget_plan_rows", c"forget_session_kind_rows"])
     }
 
     /// The table's triggers.

@@ -5,9 +5,12 @@
 //! handful of plans and kinds against millions of sessions). They are kept here
 //! after the first read, and forgotten on any relcache invalidation:
 //! - tally's triggers on `tally.plans` and `tally.session_kinds` send one for the
-//!   table on every INSERT, UPDATE, DELETE or TRUNCATE (`forget_plans`,
-//!   `forget_session_kinds`, before the statement, `ENABLE ALWAYS` so that they fire
-//!   under `session_replication_role = replica` too). Other backends receive it when
+//!   table on every INSERT, UPDATE, DELETE or TRUNCATE: before each statement
+//!   (`forget_plans`, `forget_session_kinds`) and before each row
+//!   (`forget_plan_rows`, `forget_session_kind_rows`), all `ENABLE ALWAYS` so that
+//!   they fire under `session_replication_role = replica` too. The row triggers are
+//!   for a logical-replication subscriber: its apply worker fires row triggers only
+//!   (and TRUNCATE's statement triggers). Other backends receive it when
 //!   the writing transaction commits, before it releases its locks; this backend at
 //!   its next command (`CommandCounterIncrement`), and again if it rolls back.
 //! - DDL on either table (its triggers among it), an overflowed invalidation queue
@@ -163,6 +166,31 @@ entry!(
         INSERT | UPDATE | DELETE | TRUNCATE
     )
 );
+entry!(
+    tally_forget_plan_rows,
+    pg_finfo_tally_forget_plan_rows,
+    invalidate_for_row,
+    on(c"plans", Before, Row, INSERT | UPDATE | DELETE)
+);
+entry!(
+    tally_forget_session_kind_rows,
+    pg_finfo_tally_forget_session_kind_rows,
+    invalidate_for_row,
+    on(c"session_kinds", Before, Row, INSERT | UPDATE | DELETE)
+);
+
+/// `invalidate` for a row trigger, which returns the row it was given to go on with.
+fn invalidate_for_row(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
+    invalidate(trigger)?;
+    let data = trigger.trigger_data();
+    let row = if data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_UPDATE {
+        data.tg_newtuple
+    } else {
+        data.tg_trigtuple
+    };
+    Ok(pg_sys::Datum::from(row))
+}
+
 entry!(
     tally_forget_session_kinds,
     pg_finfo_tally_forget_session_kinds,
