@@ -120,7 +120,7 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
     // its relation is open and locked, so its relcache entry (constraints and
     // triggers) stays as read here for the statement. The slots are sized by
     // PostgreSQL (`ri_TrigWhenExprs`, one per trigger of `ri_TrigDesc`) or by this
-    // function (`ri_ConstraintExprs`, one per constraint, as ExecRelCheck sizes it),
+    // function (the CHECK slots of crate::majors, one per constraint, as ExecRelCheck sizes it),
     // and filled in the statement's memory as PostgreSQL fills them.
     unsafe {
         let relation = (*info).ri_RelationDesc;
@@ -136,7 +136,10 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
         } else {
             std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize)
         };
-        let fill_checks = !checks.is_empty() && (*info).ri_ConstraintExprs.is_null();
+        let check_slots = crate::majors::check_constraint_slots(info);
+        let fill_checks = !checks.is_empty()
+            && (*check_slots).is_null()
+            && crate::majors::checks_prepared_as_stored(constr, checks);
         let fill_whens =
             !(*info).ri_TrigWhenExprs.is_null() && triggers.iter().any(|t| !t.tgqual.is_null());
         if !fill_checks && !fill_whens {
@@ -164,7 +167,7 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
                 for (i, (_, expr)) in built.checks.iter().enumerate() {
                     *slots.add(i) = pg_sys::ExecInitExpr(*expr, std::ptr::null_mut());
                 }
-                (*info).ri_ConstraintExprs = slots;
+                *check_slots = slots;
             }
             if fill_whens {
                 for (i, when) in built.whens.iter().enumerate() {

@@ -271,7 +271,7 @@ impl Table {
         // SAFETY: the relation is open; the index list is cached in its relcache entry.
         let oid = unsafe {
             pg_sys::list_free(pg_sys::RelationGetIndexList(self.relation));
-            pg_sys::RelationGetPrimaryKeyIndex(self.relation)
+            crate::majors::primary_key_index(self.relation)
         };
         (oid != pg_sys::Oid::INVALID).then_some(oid)
     }
@@ -538,7 +538,7 @@ impl IndexScan {
                     scankey
                 })
                 .collect();
-            let scan = pg_sys::index_beginscan(relation, index, snapshot.0, keys.len() as _, 0);
+            let scan = crate::majors::index_beginscan(relation, index, snapshot.0, keys.len() as _);
             pg_sys::index_rescan(
                 scan,
                 scankeys.as_mut_ptr(),
@@ -589,10 +589,8 @@ fn column_if_any(relation: pg_sys::Relation, name: &str) -> Option<pg_sys::AttrN
     // SAFETY: the relation is open; its tuple descriptor is read, not kept.
     unsafe {
         let desc = (*relation).rd_att;
-        (*desc)
-            .attrs
-            .as_slice((*desc).natts as usize)
-            .iter()
+        (0..(*desc).natts as usize)
+            .map(|i| crate::majors::attribute(desc, i))
             .position(|a| {
                 !a.attisdropped
                     && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
@@ -1155,9 +1153,7 @@ pub(crate) fn add_to_usage(
             nulls.as_mut_ptr(),
         );
         let mut locked = (*slot).tts_tid;
-        pg_sys::simple_heap_update(relation, &mut locked, new);
-        let heap_only = (*(*new).t_data).t_infomask2 as u32 & pg_sys::HEAP_ONLY_TUPLE != 0;
-        if !heap_only {
+        if crate::majors::heap_update_needs_index_entries(relation, &mut locked, new) {
             let index = pg_sys::index_open(index, pg_sys::RowExclusiveLock as _);
             let info = pg_sys::BuildIndexInfo(index);
             // The index tuple as the executor forms it (ExecInsertIndexTuples), from

@@ -12,6 +12,9 @@
 
 use pgrx::prelude::*;
 
+#[cfg(not(any(feature = "pg15", feature = "pg18")))]
+compile_error!("tally builds for PostgreSQL 15 or 18: build with the feature pg15 or pg18");
+
 mod binding;
 mod citus;
 mod counted;
@@ -24,6 +27,7 @@ mod guards;
 mod internal;
 mod keyed;
 mod limits;
+mod majors;
 mod period;
 mod privilege;
 mod rebucket;

@@ -3,14 +3,16 @@
 //! that writer roles need no privilege on tally.usage and cannot redirect tally's SQL
 //! through objects of their own. Done here instead of in the function definition
 //! because a function-level SET costs a GUC save/restore and a search path
-//! recomputation on every call, which the single-row insert path cannot afford.
-//! (PushOverrideSearchPath is PostgreSQL 15's API for exactly this.) `CatalogSearchPath`
-//! is the search path alone, for functions that run with the caller's rights.
+//! recomputation on every call, which the single-row insert path cannot afford
+//! (how the path is swapped differs by major, crate::majors). `CatalogSearchPath` is
+//! the search path alone, for functions that run with the caller's rights.
 
 use std::os::raw::c_int;
 
 use pgrx::pg_sys;
 use pgrx::PgTrigger;
+
+use crate::majors::{self, SearchPathToken};
 
 /// A search path of pg_catalog only until dropped: the effect of `SET search_path =
 /// pg_catalog, pg_temp` on a function, without its GUC save and restore. Every name
@@ -18,21 +20,11 @@ use pgrx::PgTrigger;
 /// operators then cannot be shadowed by objects in a schema the caller's path lists
 /// first.
 #[must_use]
-pub struct CatalogSearchPath(());
+pub struct CatalogSearchPath(Option<SearchPathToken>);
 
 impl CatalogSearchPath {
     pub fn push() -> Self {
-        let mut path = pg_sys::OverrideSearchPath {
-            schemas: std::ptr::null_mut(),
-            addCatalog: true,
-            addTemp: false,
-            generation: 0,
-        };
-        // SAFETY: PostgreSQL copies the path; it is popped in Drop, at the same
-        // transaction nesting level, or discarded by PostgreSQL if the transaction
-        // aborts first.
-        unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
-        CatalogSearchPath(())
+        CatalogSearchPath(Some(majors::push_catalog_search_path()))
     }
 }
 
@@ -42,8 +34,9 @@ impl Drop for CatalogSearchPath {
         if std::thread::panicking() {
             return;
         }
-        // SAFETY: pops the entry push() pushed.
-        unsafe { pg_sys::PopOverrideSearchPath() };
+        if let Some(token) = self.0.take() {
+            majors::pop_catalog_search_path(token);
+        }
     }
 }
 
