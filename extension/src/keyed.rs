@@ -287,7 +287,7 @@ impl Table {
     }
 
     /// Whether an update of the table needs nothing the executor would add to a heap
-    /// update: a DBA's CHECK constraint, stored generated column, rule, row security
+    /// update: a DBA's CHECK constraint, generated column, rule, row security
     /// or publication of updates each makes the counter write take the SQL path,
     /// where PostgreSQL applies it. (Adding any of them invalidates the relcache
     /// entry, which makes the table be resolved again.)
@@ -298,7 +298,8 @@ impl Table {
             let relation = self.relation;
             let constraints = (*(*relation).rd_att).constr;
             let checks_or_generated = !constraints.is_null()
-                && ((*constraints).num_check > 0 || (*constraints).has_generated_stored);
+                && ((*constraints).num_check > 0
+                    || crate::majors::has_generated_columns(constraints));
             let mut publication = pg_sys::PublicationDesc::default();
             pg_sys::RelationBuildPublicationDesc(relation, &mut publication);
             !checks_or_generated

@@ -202,3 +202,24 @@ pub(crate) unsafe fn primary_key_index(relation: pg_sys::Relation) -> pg_sys::Oi
         pg_sys::RelationGetPrimaryKeyIndex(relation, false)
     }
 }
+
+/// Whether a table has generated columns whose rules the executor applies on every
+/// write: stored ones (computed), and on 18 virtual ones too, which may carry NOT
+/// NULL (checked through `ri_GenVirtualNotNullConstraintExprs`).
+///
+/// PostgreSQL 18 added virtual generated columns (and made them the default kind).
+///
+/// # Safety
+/// `constr` is the relcache's, of an open relation, and not NULL.
+pub(crate) unsafe fn has_generated_columns(constr: *const pg_sys::TupleConstr) -> bool {
+    #[cfg(feature = "pg15")]
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*constr).has_generated_stored
+    }
+    #[cfg(feature = "pg18")]
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*constr).has_generated_stored || (*constr).has_generated_virtual
+    }
+}

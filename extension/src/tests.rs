@@ -423,6 +423,22 @@ mod tests {
         assert_no_drift();
     }
 
+    /// PostgreSQL 18's virtual generated columns may be NOT NULL, which the executor
+    /// checks on every write: with one on tally.usage, the counter write takes the
+    /// upsert, where PostgreSQL refuses the row.
+    #[cfg(feature = "pg18")]
+    #[pg_test(
+        error = "null value in column \"capped\" of relation \"usage\" violates not-null constraint"
+    )]
+    fn virtual_generated_not_null_on_usage_is_checked() {
+        fixtures();
+        run("ALTER TABLE tally.usage ADD COLUMN capped integer
+             GENERATED ALWAYS AS (CASE WHEN practice_sessions_used < 2 THEN 1 END) VIRTUAL NOT NULL");
+        for _ in 0..2 {
+            run("INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('kamile', 'practice', '2026-03-06 10:00+00')");
+        }
+    }
+
     /// A trigger someone adds to tally.usage still fires for tally's counter
     /// updates: with it, they take the upsert instead of the update by key.
     #[pg_test]
