@@ -403,8 +403,9 @@ COMMENT ON FUNCTION tally.session_usage_document(text, uuid) IS
 fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<String> {
     let counted = take_counted(session_id).filter(|c| c.user_id == user_id && covers_document(c));
     // The plans are cached for the connection: keep them index lookups (see
-    // IndexOnlyPlanning) whatever the statistics said when they were made.
-    let _planning = IndexOnlyPlanning::begin(false);
+    // IndexOnlyPlanning) whatever the statistics said when they were made. Begun
+    // after the search path below, so that its settings (a GUC nest level) end
+    // before the path's, which on 18 is a nest level too (crate::majors).
     // A database at an earlier release without the list view (see the crate's
     // docs): its own view is read.
     let Some(counted) = counted.filter(|_| relation_named(c"learning_plan_lists").is_some()) else {
@@ -412,6 +413,7 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
         // are resolved in pg_catalog (record_session, the caller, has no search path
         // of its own). The read below runs as the view's owner, with the same path.
         let _path = CatalogSearchPath::push();
+        let _planning = IndexOnlyPlanning::begin(false);
         return Spi::connect_mut(|client| {
             run_cached(client, FROM_VIEW_SQL, &[TEXT], &[user_id.into()])
                 .next()
@@ -422,6 +424,7 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
         .unwrap_or_else(|| error!("tally.current_usage_document does not exist"));
     check_select(view);
     let _owner = AsExtensionOwner::of_relation(view);
+    let _planning = IndexOnlyPlanning::begin(false);
     let has_plans = (!counted.on_shard)
         .then(Tables::here)
         .flatten()
