@@ -2,13 +2,24 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-# Every PostgreSQL path comes from PG_CONFIG.
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
-export PGBIN := $(shell $(PG_CONFIG) --bindir)
-PGXS_SRC := $(abspath $(dir $(shell $(PG_CONFIG) --pgxs))..)
-PG_SHAREDIR := $(shell $(PG_CONFIG) --sharedir)
-PG_PKGLIBDIR := $(shell $(PG_CONFIG) --pkglibdir)
-PG_MAJOR := $(shell $(PG_CONFIG) --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+# tally builds for PostgreSQL 15 (Debian's) and 18 (built from source kept beside the
+# project, ../shared/postgres, when missing). Every PostgreSQL path comes from
+# PG_CONFIG, 15's by default: `make install PG_CONFIG=$(PG18_CONFIG)` builds for 18.
+PG15_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+PG18_CONFIG := /usr/lib/postgresql/18/bin/pg_config
+PG_CONFIG ?= $(PG15_CONFIG)
+PG18_BUILD ?= $(firstword $(wildcard ../shared/postgres/build.sh $(abspath ..)/shared/postgres/build.sh /work/shared/postgres/build.sh))
+# Read when used (not when the Makefile is read), so that a PostgreSQL built by
+# `make setup` serves the same make invocation.
+pg_config = $(shell $(PG_CONFIG) $(1) 2>/dev/null)
+export PG_CONFIG
+export PGBIN = $(call pg_config,--bindir)
+PGXS_SRC = $(abspath $(dir $(call pg_config,--pgxs))..)
+PG_SHAREDIR = $(call pg_config,--sharedir)
+PG_PKGLIBDIR = $(call pg_config,--pkglibdir)
+PG_MAJOR = $(shell $(PG_CONFIG) --version 2>/dev/null | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+# The majors whose PostgreSQL is on this machine, for pgrx (every PG_CONFIG it serves).
+PG_MAJORS_HERE = $(foreach m,15 18,$(if $(wildcard $(PG$(m)_CONFIG)),$(m)))
 PGRX_VERSION := 0.18.1
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -16,8 +27,10 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' extension/Cargo.toml)
 RELEASES := 0.1.0 0.2.0 0.3.0 0.4.0 0.5.0 0.6.0 0.7.0 0.8.0 0.9.0 0.10.0
 
+# Clusters and test output live per major (a data directory belongs to one major).
+MAJOR_DIR = target/pg$(PG_MAJOR)
 TEST_PORT ?= 55433
-TEST_CLUSTER := target/test-cluster
+TEST_CLUSTER = $(MAJOR_DIR)/test-cluster
 TEST_DB := tally_test
 TEST_URL := postgres://postgres@127.0.0.1:$(TEST_PORT)
 # The test cluster trades durability for speed; benchmarks use their own cluster.
@@ -25,19 +38,22 @@ TEST_PG_CONF := "fsync = off" "synchronous_commit = off" "full_page_writes = off
 
 # make test-citus: a coordinator and two workers on CITUS_PORT, CITUS_PORT+1, +2.
 CITUS_PORT ?= 55450
-CITUS_CLUSTER := target/citus-cluster
-# Citus 13.2.2 is built from source kept beside the project (../shared/citus).
+CITUS_CLUSTER = $(MAJOR_DIR)/citus-cluster
+# Citus (13.2.2 for 15, 14.0.1 for 18) is built from source kept beside the project
+# (../shared/citus).
 CITUS_BUILD ?= $(firstword $(wildcard ../shared/citus/build.sh $(abspath ..)/shared/citus/build.sh /work/shared/citus/build.sh))
 
 RUN_PORT ?= 55432
-RUN_CLUSTER := target/run-cluster
+export RUN_CLUSTER = $(MAJOR_DIR)/run-cluster
+export BENCH_CLUSTER = $(MAJOR_DIR)/bench-cluster
 
 # `make regress TESTS=limits` runs one file (after the shared fixtures in setup.sql).
 TESTS ?= $(filter-out setup,$(shell sed -n 's/^test: //p' extension/tests/pg_regress/schedule))
 REGRESS_TESTS := setup $(TESTS)
 
 .PHONY: help setup install install-release docs-check lint unit-test regress isolation e2e api-test schemathesis \
-        upgrade-test test-spi logical-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean
+        upgrade-test test-spi logical-test package package-test client client-test browser-test setup-citus test-citus test test-db test-cluster stop-test-cluster run bench profile instructions soak clean \
+        setup-pg18 pgrx-init bench-majors test-extension test-api-suites package-test-extension package-regress
 
 help:
 	@echo "make run    build, install and start tally with a demo user and API"
@@ -62,8 +78,21 @@ setup:
 	    echo "installing cargo-pgrx $(PGRX_VERSION) (a few minutes)"; \
 	    cargo install cargo-pgrx --version $(PGRX_VERSION) --locked --quiet; \
 	fi
-	@if ! grep -qs '^pg15' $(HOME)/.pgrx/config.toml; then \
-	    cargo pgrx init --pg15 $(PG_CONFIG) >/dev/null; \
+	@if [ ! -x "$(PG_CONFIG)" ] && [ "$(PG_CONFIG)" = "$(PG18_CONFIG)" ]; then $(MAKE) --no-print-directory setup-pg18; fi
+	@$(MAKE) --no-print-directory pgrx-init
+
+# PostgreSQL 18, built from source and installed under /usr/lib/postgresql/18 when
+# missing (a few minutes), then known to pgrx beside 15.
+setup-pg18:
+	@[ -x "$(PG18_CONFIG)" ] || { [ -n "$(PG18_BUILD)" ] || { echo "PostgreSQL 18 source not found: set PG18_BUILD=/path/to/shared/postgres/build.sh" >&2; exit 1; }; $(PG18_BUILD); }
+	@$(MAKE) --no-print-directory pgrx-init
+
+# pgrx knows every PostgreSQL on this machine (a new make, so that one built just
+# before is seen).
+pgrx-init:
+	@for m in $(PG_MAJORS_HERE); do grep -qs "^pg$$m" $(HOME)/.pgrx/config.toml || missing=1; done; \
+	if [ -n "$${missing:-}" ]; then \
+	    cargo pgrx init $(foreach m,$(PG_MAJORS_HERE),--pg$(m) $(PG$(m)_CONFIG)) >/dev/null; \
 	fi
 
 # cargo pgrx installs the library, the current install script and every upgrade
@@ -81,15 +110,18 @@ install-release: setup
 docs-check:
 	python3 tests/docs_links.py
 
-lint:
+# Clippy for each major: the code that differs between them (extension/src/majors.rs)
+# is compiled for one at a time.
+lint: setup-pg18
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p tally --no-default-features --features pg18 --all-targets -- -D warnings
 
 # #[pg_test] and #[test] functions, in a throwaway cluster managed by cargo-pgrx.
 unit-test: setup
-	rm -rf target/pgrx-test-data
-	mkdir -p target/pgrx-test-data && chown postgres target/pgrx-test-data
-	cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(CURDIR)/target/pgrx-test-data
+	rm -rf $(MAJOR_DIR)/pgrx-test-data
+	mkdir -p $(MAJOR_DIR)/pgrx-test-data && chown postgres $(MAJOR_DIR)/pgrx-test-data
+	cd extension && cargo pgrx test pg$(PG_MAJOR) --runas postgres --pgdata $(CURDIR)/$(MAJOR_DIR)/pgrx-test-data
 
 # Restarted each time so that a freshly installed library is the one loaded.
 test-cluster:
@@ -107,20 +139,20 @@ endef
 
 # pg_regress over database $(1), which has the extension: the files $(2), or all.
 define run_regress
-	mkdir -p target/regress
+	mkdir -p $(MAJOR_DIR)/regress
 	$(PGXS_SRC)/test/regress/pg_regress --use-existing --host=127.0.0.1 --port=$(TEST_PORT) --user=postgres \
-	    --inputdir=extension/tests/pg_regress --outputdir=target/regress --dbname=$(1) \
-	    $(or $(2),$(REGRESS_TESTS)) || { cat target/regress/regression.diffs; exit 1; }
+	    --inputdir=extension/tests/pg_regress --outputdir=$(MAJOR_DIR)/regress --dbname=$(1) \
+	    $(or $(2),$(REGRESS_TESTS)) || { cat $(MAJOR_DIR)/regress/regression.diffs; exit 1; }
 endef
 
 ISOLATION_TESTS = $(shell sed -n 's/^test: //p' extension/tests/isolation/schedule)
 
 # The isolation specs $(2) over database $(1), which has the extension.
 define run_isolation
-	mkdir -p target/isolation
+	mkdir -p $(MAJOR_DIR)/isolation
 	$(PGXS_SRC)/test/isolation/pg_isolation_regress --use-existing --host=127.0.0.1 --port=$(TEST_PORT) --user=postgres \
-	    --inputdir=extension/tests/isolation --outputdir=target/isolation --dbname=$(1) \
-	    $(2) || { cat target/isolation/regression.diffs; exit 1; }
+	    --inputdir=extension/tests/isolation --outputdir=$(MAJOR_DIR)/isolation --dbname=$(1) \
+	    $(2) || { cat $(MAJOR_DIR)/isolation/regression.diffs; exit 1; }
 endef
 
 regress: test-cluster
@@ -163,7 +195,7 @@ test-spi: test-cluster
 # with wal_level = logical).
 LOGICAL_PORT ?= 55437
 logical-test:
-	tests/logical_subscriber.sh $(LOGICAL_PORT) target/logical-cluster
+	tests/logical_subscriber.sh $(LOGICAL_PORT) $(MAJOR_DIR)/logical-cluster
 
 # Citus, built and installed into PG_CONFIG's PostgreSQL when missing.
 setup-citus: setup
@@ -233,44 +265,85 @@ browser-test: test-cluster
 	$(call fresh_db,tally_browser)
 	tests/browser_test.sh $(TEST_URL)/tally_browser
 
-# Debian packages of the extension (postgresql-15-tally) and of tally-api, in target/debian.
-package: setup
-	cargo pgrx package --pg-config $(PG_CONFIG) -p tally
+# Debian packages: the extension for each major (postgresql-15-tally and
+# postgresql-18-tally, each installing into its own PostgreSQL) and tally-api once,
+# in target/debian.
+PACKAGE_CONFIGS = $(PG15_CONFIG) $(PG18_CONFIG)
+package: setup setup-pg18
+	$(foreach c,$(PACKAGE_CONFIGS),cargo pgrx package --pg-config $(c) -p tally &&) true
 	cargo build --release -p tally-api
-	scripts/package.sh $(VERSION) $(PG_CONFIG) $(RELEASES)
+	scripts/package.sh $(VERSION) "$(PACKAGE_CONFIGS)" $(RELEASES)
 
-# Installs the extension package into a PostgreSQL without tally (the files of earlier
-# installs removed first), runs the pg_regress suite and an update from the oldest
-# release against it, checks the API package, removes both packages and installs the
-# build under test again.
+# Each extension package installed into its PostgreSQL (package-test-extension), then
+# the API package, then the builds under test installed again.
 package-test: package
+	$(foreach c,$(PACKAGE_CONFIGS),$(MAKE) --no-print-directory package-test-extension PG_CONFIG=$(c) &&) true
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ./target/debian/tally-api_$(VERSION)_*.deb
+	/usr/bin/tally-api --version | grep -q $(VERSION)
+	dpkg -r tally-api >/dev/null
+
+# The package of PG_CONFIG's major installed into a PostgreSQL without tally (the
+# files of earlier installs removed first): the other major's tally stays as it
+# was; the pg_regress suite and an update from the oldest release pass against it;
+# removing it removes its library; the build under test is installed again.
+package-test-extension:
 	rm -f $(PG_PKGLIBDIR)/tally.so $(PG_SHAREDIR)/extension/tally.control $(PG_SHAREDIR)/extension/tally--*.sql
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ./target/debian/postgresql-$(PG_MAJOR)-tally_$(VERSION)_*.deb
-	dpkg -L postgresql-$(PG_MAJOR)-tally | grep -q '/tally.so$$'
+	others="$(foreach c,$(filter-out $(PG_CONFIG),$(PACKAGE_CONFIGS)),$$($(c) --pkglibdir)/tally.so)"; \
+	before=$$(md5sum $$others 2>/dev/null || true); \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ./target/debian/postgresql-$(PG_MAJOR)-tally_$(VERSION)_*.deb; \
+	[ "$$(md5sum $$others 2>/dev/null || true)" = "$$before" ] || { echo "installing postgresql-$(PG_MAJOR)-tally changed another major's tally" >&2; exit 1; }
+	dpkg -L postgresql-$(PG_MAJOR)-tally | grep -q '^$(PG_PKGLIBDIR)/tally.so$$'
 	@$(MAKE) --no-print-directory test-cluster
+	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
+	$(MAKE) --no-print-directory package-regress
+	dpkg -r postgresql-$(PG_MAJOR)-tally >/dev/null
+	test ! -e $(PG_PKGLIBDIR)/tally.so
+	@$(MAKE) --no-print-directory install
+
+package-regress:
 	$(call fresh_db,tally_package)
 	$(call run_regress,tally_package)
 	psql -X -q -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d postgres -c "DROP DATABASE IF EXISTS tally_package_old" -c "CREATE DATABASE tally_package_old"
 	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $(TEST_PORT) -U postgres -d tally_package_old \
 	    -c "CREATE EXTENSION tally VERSION '$(firstword $(RELEASES))'" -c "ALTER EXTENSION tally UPDATE" \
 	    -c "SELECT extversion FROM pg_extension WHERE extname = 'tally'" | grep -q $(VERSION)
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ./target/debian/tally-api_$(VERSION)_*.deb
-	/usr/bin/tally-api --version | grep -q $(VERSION)
-	dpkg -r tally-api postgresql-$(PG_MAJOR)-tally >/dev/null
-	test ! -e $(PG_PKGLIBDIR)/tally.so
-	@$(MAKE) --no-print-directory install
 
-test: setup docs-check lint unit-test api-test install
+# The suites that exercise the extension, for PG_CONFIG's major: pgrx tests,
+# pg_regress, isolation, both counting paths, upgrades, a logical subscriber, the
+# end-to-end tests and Citus.
+test-extension: unit-test install
 	@$(MAKE) --no-print-directory test-cluster
 	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
-	$(MAKE) --no-print-directory regress isolation test-spi upgrade-test logical-test e2e schemathesis client-test browser-test package-test
+	$(MAKE) --no-print-directory regress isolation test-spi upgrade-test logical-test e2e
 	@$(MAKE) --no-print-directory test-citus
+
+# The suites of the API's clients (generated requests, the TypeScript client, the page
+# in Chromium): they reach PostgreSQL only through the API and the SQL the other
+# suites cover on every major, so they run on one.
+test-api-suites: install
+	@$(MAKE) --no-print-directory test-cluster
+	@trap '$(MAKE) --no-print-directory stop-test-cluster' EXIT; \
+	$(MAKE) --no-print-directory schemathesis client-test browser-test
+
+# Everything, on PostgreSQL 15 and 18.
+test: setup setup-pg18 docs-check lint api-test
+	@$(MAKE) --no-print-directory test-extension test-api-suites PG_CONFIG=$(PG15_CONFIG)
+	@$(MAKE) --no-print-directory test-extension PG_CONFIG=$(PG18_CONFIG)
+	@$(MAKE) --no-print-directory package-test
 
 run: install-release
 	scripts/demo.sh
 
+# Every workload, on PG_CONFIG's major (results in target/pg<major>/bench).
 bench: install-release
 	python3 bench/bench.py
+
+# The single-row workload and the 1M-row COPY on PostgreSQL 15 and then on 18, each
+# against its own baselines on its own cluster (docs/performance.md).
+bench-majors:
+	$(MAKE) --no-print-directory bench PG_CONFIG=$(PG15_CONFIG) BENCH_ONLY=single,bulk BENCH_BULK=copy_1000000
+	$(MAKE) --no-print-directory bench PG_CONFIG=$(PG18_CONFIG) BENCH_ONLY=single,bulk BENCH_BULK=copy_1000000
+	python3 bench/bench.py --markdown target/pg15/bench/results-bulk-single.json target/pg18/bench/results-bulk-single.json
 
 # Where a single-row insert's CPU time goes, tally next to the bare insert (needs perf).
 profile: install-release
@@ -287,4 +360,4 @@ clean:
 	scripts/cluster.sh stop $(TEST_CLUSTER)
 	scripts/cluster.sh stop $(RUN_CLUSTER)
 	scripts/citus_cluster.sh stop $(CITUS_CLUSTER)
-	rm -rf target/citus-cluster target/citus-regress target/test-cluster target/run-cluster target/bench-cluster target/regress target/isolation target/pgrx-test-data target/upgrade target/logical-cluster
+	rm -rf target/pg15 target/pg18 target/citus-regress target/upgrade target/debian

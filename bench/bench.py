@@ -34,17 +34,24 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PGBIN = os.environ.get("PGBIN") or subprocess.run([os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config"), "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+PGBIN = os.environ.get("PGBIN") or subprocess.run([PG_CONFIG, "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+# The PostgreSQL major measured (make bench takes PG_CONFIG): results are kept per major.
+MAJOR = re.search(r"PostgreSQL (\d+)", subprocess.run([PG_CONFIG, "--version"], capture_output=True, text=True, check=True).stdout).group(1)
 PORT = int(os.environ.get("BENCH_PORT", "55434"))
-CLUSTER = ROOT / "target/bench-cluster"
-WORK = ROOT / "target/bench"
+# One cluster per major (make bench passes it): a data directory belongs to one.
+CLUSTER = ROOT / os.environ.get("BENCH_CLUSTER", "target/bench-cluster")
+WORK = ROOT / "target" / f"pg{MAJOR}" / "bench"
 DB = "tally_bench"
 USERS = 10_000
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "single,durable,record,bulk,hot,http,citus").split(",")))
+# The bulk workload's loads (BENCH_BULK=copy_1000000 for the 1M COPY alone).
+BULK_LOADS = [(m, r) for m in ("copy", "insert_select") for r in (100_000, 1_000_000)
+              if not os.environ.get("BENCH_BULK") or f"{m}_{r}" in os.environ["BENCH_BULK"].split(",")]
 CITUS_PORT = int(os.environ.get("BENCH_CITUS_PORT", "55470"))
-CITUS_CLUSTER = ROOT / "target/bench-citus"
+CITUS_CLUSTER = CLUSTER.parent / (CLUSTER.name + "-citus")
 API_PORT = int(os.environ.get("BENCH_API_PORT", "18181"))
 SECRET = "bench-secret-that-is-at-least-32-bytes-long"
 
@@ -171,30 +178,31 @@ COLUMNS = "user_id, kind, status, started_at, completed_at, duration_seconds"
 def bulk():
     times = {}
     for round_no in range(ROUNDS):
-        for rows in (100_000, 1_000_000):
-            for method in ("copy", "insert_select"):
-                for variant in BULK_VARIANTS:
-                    reset(variant)
-                    table = TABLES[variant]
-                    if method == "copy":
-                        sql = f"\\copy {table} ({COLUMNS}) FROM '{WORK}/sessions_{rows}.csv' CSV"
-                    else:
-                        sql = f"INSERT INTO {table} ({COLUMNS}) SELECT {COLUMNS} FROM bench.staging_{rows}"
-                    seconds = timed(sql)
-                    check_counters(variant, expected_completed=rows)
-                    times.setdefault((method, rows, variant), []).append(seconds)
-                    log(f"  bulk round {round_no + 1} {method} {rows:>9,} {variant:<12} {seconds:7.2f} s")
-    report = []
-    for method in ("copy", "insert_select"):
-        for rows in (100_000, 1_000_000):
-            floor = median(times[(method, rows, "plain")])
+        for method, rows in BULK_LOADS:
             for variant in BULK_VARIANTS:
-                m = median(times[(method, rows, variant)])
-                report.append({"method": method, "rows": rows, "variant": variant, "median_s": round(m, 2),
-                               "vs_no_trigger": round(m / floor, 2)})
-        tally_1m, tally_100k = median(times[(method, 1_000_000, "tally")]), median(times[(method, 100_000, "tally")])
-        report.append({"method": method, "rows": "1M/100k", "variant": "tally", "median_s": None,
-                       "vs_no_trigger": None, "scaling": round(tally_1m / tally_100k, 2)})
+                reset(variant)
+                table = TABLES[variant]
+                if method == "copy":
+                    sql = f"\\copy {table} ({COLUMNS}) FROM '{WORK}/sessions_{rows}.csv' CSV"
+                else:
+                    sql = f"INSERT INTO {table} ({COLUMNS}) SELECT {COLUMNS} FROM bench.staging_{rows}"
+                seconds = timed(sql)
+                check_counters(variant, expected_completed=rows)
+                times.setdefault((method, rows, variant), []).append(seconds)
+                log(f"  bulk round {round_no + 1} {method} {rows:>9,} {variant:<12} {seconds:7.2f} s")
+    report = []
+    for method, rows in BULK_LOADS:
+        floor = median(times[(method, rows, "plain")])
+        for variant in BULK_VARIANTS:
+            m = median(times[(method, rows, variant)])
+            report.append({"method": method, "rows": rows, "variant": variant, "median_s": round(m, 2),
+                           "vs_no_trigger": round(m / floor, 2),
+                           "round_ratios": round_ratios(times[(method, rows, variant)], times[(method, rows, "plain")])})
+    for method in ("copy", "insert_select"):
+        if (method, 1_000_000) in BULK_LOADS and (method, 100_000) in BULK_LOADS:
+            tally_1m, tally_100k = median(times[(method, 1_000_000, "tally")]), median(times[(method, 100_000, "tally")])
+            report.append({"method": method, "rows": "1M/100k", "variant": "tally", "median_s": None,
+                           "vs_no_trigger": None, "scaling": round(tally_1m / tally_100k, 2)})
     results["bulk"] = report
 
 
@@ -522,7 +530,7 @@ def spread(entry):
 
 def markdown(results):
     """The README tables for a results dictionary."""
-    out = []
+    out = [f"PostgreSQL {results.get('major', MAJOR)}:", ""]
     if "single" in results:
         out += ["Single-row INSERT, pgbench -M prepared, 10,000 users (tps, median; ratio to no trigger):", "",
                 "| clients | no trigger | PL/pgSQL row trigger | app-side INSERT + UPDATE | tally | tally / row trigger |",
@@ -560,10 +568,16 @@ def markdown(results):
         for method, label in (("copy", "COPY"), ("insert_select", "INSERT … SELECT")):
             for rows in (100_000, 1_000_000):
                 row = {r["variant"]: r for r in results["bulk"] if r["method"] == method and r["rows"] == rows}
+                if not row:
+                    continue
                 cells = [f"{row[v]['median_s']:.2f} ({row[v]['vs_no_trigger']:.2f}x)" for v in BULK_VARIANTS]
                 out.append(f"| {label} {rows:,} | " + " | ".join(cells) + " |")
         scaling = {r["method"]: r["scaling"] for r in results["bulk"] if r.get("scaling")}
-        out += ["", f"tally 1M / 100k: COPY {scaling.get('copy')}x, INSERT … SELECT {scaling.get('insert_select')}x.", ""]
+        if scaling:
+            out += ["", f"tally 1M / 100k: COPY {scaling.get('copy')}x, INSERT … SELECT {scaling.get('insert_select')}x."]
+        out += ["", "tally over no trigger, round by round (median, quartiles): " + "; ".join(
+            f"{r['method'].replace('_', ' ')} {r['rows']:,} {spread(r)}" for r in results["bulk"]
+            if r["variant"] == "tally" and "round_ratios" in r) + ".", ""]
     if "hot" in results:
         out += ["One hot user, 32 clients:", "", "| | tps (median) | p99 ms | ratio |", "|---|---|---|---|"]
         for r in results["hot"]:
@@ -594,12 +608,16 @@ def markdown(results):
 
 def main():
     if sys.argv[1:2] == ["--markdown"]:
-        merged = {}
+        # Files of one major are merged (workloads run apart); each major is reported
+        # on its own.
+        by_major = {}
         for path in sys.argv[2:]:
-            merged.update(json.loads(pathlib.Path(path).read_text()))
-        print(markdown(merged))
+            found = json.loads(pathlib.Path(path).read_text())
+            by_major.setdefault(found.get("major", MAJOR), {}).update(found)
+        print("\n".join(markdown(merged) for merged in by_major.values()))
         return
-    log(f"bench: {ROUNDS} rounds, {DURATION}s per timed run, workloads {sorted(ONLY)}")
+    log(f"bench: PostgreSQL {MAJOR}, {ROUNDS} rounds, {DURATION}s per timed run, workloads {sorted(ONLY)}")
+    results["major"] = MAJOR
     setup()
     for name, run in (("single", single), ("durable", durable), ("record", record), ("bulk", bulk), ("hot", hot), ("http", http), ("citus", citus)):
         if name in ONLY:

@@ -13,14 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 bindir=$("$PG_CONFIG" --bindir); libdir=$("$PG_CONFIG" --pkglibdir)
-data=target/bench-cluster/data
+cluster=${BENCH_CLUSTER:-target/bench-cluster}
+data=$cluster/data
 rounds=${1:-2}; shift || true
 [ -f "$data/PG_VERSION" ] || { echo "no benchmark database: run make bench first" >&2; exit 1; }
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 work=$(mktemp -d); chmod 777 "$work"
 installed="$work/installed.so"; cp "$libdir/tally.so" "$installed"
 trap 'cp "$installed" "$libdir/tally.so"; rm -rf "$work"' EXIT
-scripts/cluster.sh stop target/bench-cluster >/dev/null
+scripts/cluster.sh stop "$cluster" >/dev/null
 libraries=("$@"); [ ${#libraries[@]} -gt 0 ] || libraries=("$installed")
 
 declare -A statement=(

@@ -199,6 +199,11 @@ q "$port" -c "SELECT citus_add_node('127.0.0.1', $new_port)" >/dev/null || fail 
 q "$port" -c "SELECT citus_rebalance_start()" -c "SELECT citus_rebalance_wait()" >/dev/null
 sleep 2
 stop_load grow
+# Citus 14 drops a moved group's old placements later, from its maintenance daemon;
+# until then a statement over every shard (verify() below) can close a lock cycle
+# with that drop and be cancelled with 40P01 (docs/citus.md). Dropped now, as an
+# operator would after a rebalance.
+q "$port" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
 tables=$(placements_on "$new_port")
 [ "$tables" = 7 ] || fail "after rebalancing, the new node holds placements of $tables tally tables, not 7"
 say "a fresh node joined with citus_add_node and took shards of every tally table by rebalancing, writes running"
@@ -212,6 +217,7 @@ q "$port" -c "SELECT citus_drain_node('127.0.0.1', $new_port)" >/dev/null
 q "$port" -c "SELECT citus_remove_node('127.0.0.1', $new_port)" >/dev/null
 sleep 1
 stop_load drain
+q "$port" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
 [ "$(q "$port" -c "SELECT count(*) FROM pg_dist_node WHERE nodeport = $new_port")" = 0 ] || fail "the drained node is still listed"
 say "the node was drained and removed, writes running"
 check "after the drain"
@@ -230,7 +236,7 @@ esac
 say "a node whose own tally tables hold data is refused: $(echo "$refusal" | grep -o "this node's own tally tables hold data[^\"]*" | head -1)"
 fresh_node_db -c "CREATE EXTENSION tally"
 q "$port" -c "SELECT citus_add_node('127.0.0.1', $new_port)" >/dev/null || fail "citus_add_node of a node with tally created failed"
-q "$port" -c "SELECT citus_rebalance_start()" -c "SELECT citus_rebalance_wait()" >/dev/null
+q "$port" -c "SELECT citus_rebalance_start()" -c "SELECT citus_rebalance_wait()" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
 [ "$(placements_on "$new_port")" = 7 ] || fail "the node with tally created took no shards"
 check "after adding a node with CREATE EXTENSION tally done" "$new_port"
 race precreated "$new_port"
