@@ -14,7 +14,11 @@ use pgrx::pg_sys;
 /// PopOverrideSearchPath"), leaving what a function's `SET search_path` does: the
 /// setting made in a GUC nest level of its own, whose parsed form 17's search path
 /// cache keeps, so switching back and forth does not parse it again.
-pub(crate) struct SearchPathToken(#[allow(dead_code)] c_int);
+#[cfg(feature = "pg15")]
+pub(crate) struct SearchPathToken(());
+/// The GUC nest level the path was set in.
+#[cfg(feature = "pg18")]
+pub(crate) struct SearchPathToken(c_int);
 
 #[cfg(feature = "pg15")]
 pub(crate) fn push_catalog_search_path() -> SearchPathToken {
@@ -28,7 +32,7 @@ pub(crate) fn push_catalog_search_path() -> SearchPathToken {
     // the same transaction nesting level, or discarded by PostgreSQL if the
     // transaction aborts first.
     unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
-    SearchPathToken(0)
+    SearchPathToken(())
 }
 
 #[cfg(feature = "pg18")]
@@ -41,13 +45,13 @@ pub(crate) fn push_catalog_search_path() -> SearchPathToken {
 
 /// Undoes push_catalog_search_path.
 #[cfg(feature = "pg15")]
-pub(crate) fn pop_catalog_search_path(_token: SearchPathToken) {
+pub(crate) fn pop_catalog_search_path(_token: &SearchPathToken) {
     // SAFETY: pops the entry push_catalog_search_path pushed.
     unsafe { pg_sys::PopOverrideSearchPath() };
 }
 
 #[cfg(feature = "pg18")]
-pub(crate) fn pop_catalog_search_path(token: SearchPathToken) {
+pub(crate) fn pop_catalog_search_path(token: &SearchPathToken) {
     // SAFETY: closes the nest level push_catalog_search_path opened; levels opened
     // after it were closed first (every user of nest levels here is scoped).
     unsafe { pg_sys::AtEOXact_GUC(true, token.0) };

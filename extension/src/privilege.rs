@@ -15,16 +15,17 @@ use pgrx::PgTrigger;
 use crate::majors::{self, SearchPathToken};
 
 /// A search path of pg_catalog only until dropped: the effect of `SET search_path =
-/// pg_catalog, pg_temp` on a function, without its GUC save and restore. Every name
+/// pg_catalog, pg_temp` on a function (on 15 without a GUC save and restore; on 18
+/// that is what it is, crate::majors). Every name
 /// in tally's SQL is schema-qualified except pg_catalog's, whose functions and
 /// operators then cannot be shadowed by objects in a schema the caller's path lists
 /// first.
 #[must_use]
-pub struct CatalogSearchPath(Option<SearchPathToken>);
+pub struct CatalogSearchPath(SearchPathToken);
 
 impl CatalogSearchPath {
     pub fn push() -> Self {
-        CatalogSearchPath(Some(majors::push_catalog_search_path()))
+        CatalogSearchPath(majors::push_catalog_search_path())
     }
 }
 
@@ -34,9 +35,7 @@ impl Drop for CatalogSearchPath {
         if std::thread::panicking() {
             return;
         }
-        if let Some(token) = self.0.take() {
-            majors::pop_catalog_search_path(token);
-        }
+        majors::pop_catalog_search_path(&self.0);
     }
 }
 
