@@ -282,6 +282,7 @@ const TALLY_MESSAGES: &[(&str, &str)] = &[
     ),
     (" completed session(s) and cannot be deleted", "TL006"),
     ("TRUNCATE of tally.sessions is not allowed", "TL007"),
+    (" and the installed library (release ", "TL010"),
     // PostgreSQL's own refusals, rewrapped alike.
     (" violates foreign key constraint ", "23503"),
     (" violates check constraint ", "23514"),
@@ -338,6 +339,11 @@ impl From<tokio_postgres::Error> for ApiError {
             // The backdating bound of tally.record_session: its message names only
             // the request's started_at and the earliest time allowed.
             "TL008" => ApiError::Unprocessable(db.message().to_string()),
+            // The database's tally is at a release its library does not serve: it
+            // answers again once ALTER EXTENSION tally UPDATE has run.
+            "TL010" => ApiError::Unavailable(
+                "tally in the database is waiting for ALTER EXTENSION tally UPDATE".into(),
+            ),
             c if c.starts_with("TL") => ApiError::Conflict(tally_message(code).into()),
             "23505" => ApiError::Conflict(constraint_message("sessions_pkey").into()),
             c if c.starts_with("23") => {

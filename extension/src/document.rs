@@ -401,14 +401,13 @@ COMMENT ON FUNCTION tally.session_usage_document(text, uuid) IS
     'tally.current_usage_document of user_id, right after the INSERT of session_id in this transaction (used by tally.record_session).';
 "#)]
 fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<String> {
+    crate::served::require();
     let counted = take_counted(session_id).filter(|c| c.user_id == user_id && covers_document(c));
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made. Begun
     // after the search path below, so that its settings (a GUC nest level) end
     // before the path's, which on 18 is a nest level too (crate::majors).
-    // A database at an earlier release without the list view (see the crate's
-    // docs): its own view is read.
-    let Some(counted) = counted.filter(|_| relation_named(c"learning_plan_lists").is_some()) else {
+    let Some(counted) = counted else {
         // Read with the caller's rights, as the view is; the names in the statement
         // are resolved in pg_catalog (record_session, the caller, has no search path
         // of its own). The read below runs as the view's owner, with the same path.

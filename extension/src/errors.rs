@@ -30,6 +30,9 @@ pub enum TallyCode {
     /// A trigger function of tally fired through a binding other than its own
     /// (PostgreSQL's own code for a trigger called in the wrong context).
     TriggerProtocolViolated,
+    /// The database's tally schema is at a release this library does not serve
+    /// (crate::served).
+    ReleaseNotServed,
 }
 
 impl TallyCode {
@@ -43,6 +46,7 @@ impl TallyCode {
             TallyCode::LearningPlanHasCompletedSessions => b"TL006",
             TallyCode::TruncateRejected => b"TL007",
             TallyCode::TriggerProtocolViolated => b"39P01",
+            TallyCode::ReleaseNotServed => b"TL010",
         }
     }
 }
@@ -138,10 +142,20 @@ pub unsafe fn raise(error: TallyError) -> ! {
 
 /// Defines the C entry point PostgreSQL calls for a trigger function declared in
 /// `sql/triggers.sql`: checks that it fired through its own binding (see
-/// `binding.rs`), runs the Rust body under pgrx's guard (so PostgreSQL errors and
+/// `binding.rs`) and that this library serves the database's release (see
+/// `served.rs`), runs the Rust body under pgrx's guard (so PostgreSQL errors and
 /// panics are reported as usual) and raises a returned [`TallyError`].
+///
+/// `entry!(any_release, …)` skips the release check, for a function that reads
+/// none of tally's tables and is right at every release.
 macro_rules! entry {
+    (any_release, $symbol:ident, $finfo:ident, $body:path, $binding:expr) => {
+        $crate::errors::entry!(@define $symbol, $finfo, $body, $binding, $crate::errors::served_anyway);
+    };
     ($symbol:ident, $finfo:ident, $body:path, $binding:expr) => {
+        $crate::errors::entry!(@define $symbol, $finfo, $body, $binding, $crate::served::check);
+    };
+    (@define $symbol:ident, $finfo:ident, $body:path, $binding:expr, $served:path) => {
         #[doc(hidden)]
         #[no_mangle]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -162,6 +176,7 @@ macro_rules! entry {
                     const BINDING: $crate::binding::Binding = $binding;
                     BINDING
                         .check(stringify!($symbol), &trigger)
+                        .and_then(|()| $served())
                         .and_then(|()| $body(&trigger))
                 })
             };
@@ -173,6 +188,12 @@ macro_rules! entry {
     };
 }
 pub(crate) use entry;
+
+/// The release check of `entry!(any_release, …)`: none.
+#[inline]
+pub fn served_anyway() -> TallyResult<()> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod unit_tests {

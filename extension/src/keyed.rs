@@ -100,10 +100,9 @@ struct Resolved {
     /// The table carries its forget triggers (`Table::forgets_on_write`), enabled
     /// ALWAYS: what is read from it may be kept (crate::reference).
     forgets_on_write: bool,
-    /// tally.usage's `started_bound` column (see `add_to_usage`): absent in a
-    /// database at an earlier release (see the crate's docs), and not used on a
-    /// Citus shard (a distributed tally keeps no bound; `tally.distribute()` makes it
-    /// NULL).
+    /// tally.usage's `started_bound` column (see `add_to_usage`), on one node only:
+    /// not used on a Citus shard (a distributed tally keeps no bound;
+    /// `tally.distribute()` makes it NULL).
     started_bound: Option<pg_sys::AttrNumber>,
 }
 
@@ -254,9 +253,8 @@ impl Table {
                 name == "tally.usage" && table.executor_adds_nothing();
             table.found.forgets_on_write = table.forgets_on_write();
             // Kept on one node only: a Citus shard's copy of the column is not read.
-            table.found.started_bound = (local == "tally.usage")
-                .then(|| column_if_any(relation, "started_bound"))
-                .flatten();
+            table.found.started_bound =
+                (local == "tally.usage").then(|| column_of(relation, "started_bound"));
             Some(table)
         }
     }
@@ -950,7 +948,7 @@ fn index_usable(index: pg_sys::Oid) -> bool {
     }
 }
 
-/// Whether tally.usage here has `started_bound` (one node, current schema): a write to
+/// Whether tally.usage here keeps `started_bound` (one node, not a shard): a write to
 /// it through SQL must then make the bound unknown.
 pub(crate) fn usage_keeps_started_bound() -> bool {
     Table::open("tally.usage").is_some_and(|usage| usage.found.started_bound.is_some())

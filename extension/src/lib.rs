@@ -4,11 +4,10 @@
 //! the statement-level counting triggers, the rule triggers, and verify/repair.
 //!
 //! The library is installed before `ALTER EXTENSION tally UPDATE` runs, so it also
-//! serves a database still at any earlier release until that database is updated.
-//! Where an earlier release's schema lacks an object, the code that reads it checks
-//! for the object itself (not for a version number) and does what that release did:
-//! the usage document's list view (`document.rs`), the forget triggers
-//! (`reference.rs`, `keyed.rs`), and `tally.usage.started_bound` (`keyed.rs`).
+//! meets databases at the release before its own: it serves that release and its
+//! own, and refuses every other with an error that names the update (`served.rs`).
+//! The one difference between the two it serves is read from the schema itself:
+//! whether the reference tables carry both forget triggers (`keyed.rs`).
 
 use pgrx::prelude::*;
 
@@ -34,6 +33,7 @@ mod rebucket;
 mod record;
 mod reference;
 mod repair;
+mod served;
 mod sessions;
 mod settings;
 mod spi;

@@ -347,6 +347,7 @@ pub unsafe extern "C-unwind" fn tally_record_session(
     // is written nothing here needs dropping (see the module's comment): the
     // statements' errors leave through this frame as PostgreSQL raised them.
     unsafe {
+        crate::served::require();
         let args = Arguments::of(fcinfo);
         let connected = SPI_connect();
         if connected < 0 {

@@ -147,7 +147,10 @@ pub(crate) fn keep_counter(since: Generation, kind: &str, counter: Counter) {
 }
 
 /// Sends a relcache invalidation for the trigger's table: every backend forgets what
-/// it kept (at this transaction's commit; this one at its next command).
+/// it kept (at this transaction's commit; this one at its next command). Right at
+/// every release, so bound with `any_release`: an earlier release fires these
+/// triggers ALWAYS too, and a database not yet updated must still be able to
+/// change its plans and kinds past tally's other triggers (a restore does).
 fn invalidate(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     // SAFETY: the trigger's relation is open for the whole call; this queues an
     // invalidation message of the current transaction.
@@ -156,6 +159,7 @@ fn invalidate(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 }
 
 entry!(
+    any_release,
     tally_forget_plans,
     pg_finfo_tally_forget_plans,
     invalidate,
@@ -167,12 +171,14 @@ entry!(
     )
 );
 entry!(
+    any_release,
     tally_forget_plan_rows,
     pg_finfo_tally_forget_plan_rows,
     invalidate_for_row,
     on(c"plans", Before, Row, INSERT | UPDATE | DELETE)
 );
 entry!(
+    any_release,
     tally_forget_session_kind_rows,
     pg_finfo_tally_forget_session_kind_rows,
     invalidate_for_row,
@@ -192,6 +198,7 @@ fn invalidate_for_row(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
 }
 
 entry!(
+    any_release,
     tally_forget_session_kinds,
     pg_finfo_tally_forget_session_kinds,
     invalidate,

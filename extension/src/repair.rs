@@ -82,6 +82,7 @@ pub fn verify() -> TableIterator<
         name!(actual, i64),
     ),
 > {
+    crate::served::require();
     let rows = {
         let _path = CatalogSearchPath::push();
         Spi::connect_mut(find_drift)
@@ -253,6 +254,7 @@ const ROUTED_FIX_SQL: &str = "SELECT tally.repair_counter(s.user_id, $2, $3, $4,
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn repair() -> i64 {
+    crate::served::require();
     let _internal = InternalWrite::begin();
     let distributed = crate::citus::distributed();
     Spi::connect_mut(|client| {
