@@ -727,7 +727,49 @@ async fn database_down_then_up() {
     old.batch_execute("ALTER EXTENSION tally UPDATE")
         .await
         .unwrap();
-    let (status, _) = outdated.send(get, "/readyz", None, None).await;
+    let (status, _) = outdated.send(get.clone(), "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK);
+
+    // A database at a release the library does not serve (older than the one before
+    // the library's, though new enough for the API's calls): writes answer 503 and
+    // name the update, nothing is written, and the same call succeeds once updated.
+    bare.batch_execute("CREATE DATABASE unserved_tally")
+        .await
+        .unwrap();
+    let unserved = connect("postgres://postgres@127.0.0.1:55439/unserved_tally").await;
+    unserved
+        .batch_execute(
+            "CREATE EXTENSION tally VERSION '0.5.0';
+             SET session_replication_role = replica;
+             INSERT INTO tally.plans VALUES ('p', 'P', NULL, NULL, '1 month');
+             INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('kamile', 'p');
+             RESET session_replication_role;",
+        )
+        .await
+        .unwrap();
+    let waiting = Api::start("postgres://postgres@127.0.0.1:55439/unserved_tally").await;
+    let token = waiting.token("kamile", Role::User);
+    let (status, body) = waiting.post(&token, json!({"kind": "practice"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ALTER EXTENSION tally UPDATE")),
+        "{body}"
+    );
+    let written: i64 = unserved
+        .query_one("SELECT count(*) FROM tally.sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "a refused write left a session");
+    unserved
+        .batch_execute("ALTER EXTENSION tally UPDATE")
+        .await
+        .unwrap();
+    let (status, body) = waiting.post(&token, json!({"kind": "practice"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["usage"]["practice_sessions"]["used"], 1);
     cluster("stop");
 }
