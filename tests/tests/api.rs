@@ -642,6 +642,18 @@ async fn database_down_then_up() {
     cluster("stop");
     let _ = std::fs::remove_dir_all(&dir);
     cluster("start");
+    // Stopped however the test ends: a failed assertion must not leave the cluster
+    // holding its port for the next run.
+    struct StopOnDrop<'a>(&'a std::path::Path, &'a std::path::Path);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(self.0)
+                .arg("stop")
+                .arg(self.1)
+                .output();
+        }
+    }
+    let _stop = StopOnDrop(&script, &dir);
     let admin = connect("postgres://postgres@127.0.0.1:55439/postgres").await;
     admin.batch_execute("CREATE EXTENSION tally").await.unwrap();
     admin
