@@ -94,6 +94,7 @@ for release in "$@"; do
         sessions_before=$(psql_at "$url" -c "SELECT count(*) FROM tally.sessions")
         for statement in "INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('up_ruta', 'practice', '2026-04-21 10:00+00')" \
                          "UPDATE tally.sessions SET status = 'completed' WHERE user_id = 'up_jonas' AND status = 'started'" \
+                         "SET ROLE up_writer; INSERT INTO tally.sessions (user_id, kind, started_at) VALUES ('up_ruta', 'practice', '2026-04-22 10:00+00')" \
                          "SELECT * FROM tally.verify()" "SELECT tally.repair()"; do
             refusal=$(psql -X -q -At -v ON_ERROR_STOP=1 -v VERBOSITY=verbose "$url" -c "$statement" 2>&1) \
                 && fail "at $release, this library served: $statement"
@@ -104,6 +105,9 @@ for release in "$@"; do
         done
         [ "$(psql_at "$url" -c "SELECT count(*) FROM tally.sessions")" = "$sessions_before" ] \
             || fail "a refused write at $release left sessions"
+        # Its tables and views stay readable, by the writer role as by an analyst.
+        [ "$(psql_at "$url" -c "SET ROLE up_writer" -c "SELECT count(*) FROM tally.current_usage WHERE user_id LIKE 'up_%'")" = 4 ] \
+            || fail "tally.current_usage is not readable at $release"
     fi
     counters_before=$(psql_at "$url" -c "$counters")
 
