@@ -82,9 +82,11 @@ setup:
 	@$(MAKE) --no-print-directory pgrx-init
 
 # PostgreSQL 18, built from source and installed under /usr/lib/postgresql/18 when
-# missing (a few minutes), then known to pgrx beside 15.
+# missing (a few minutes), then known to pgrx beside 15. Its build makes its generated
+# headers (utils/errcodes.h, ...) only when its make is the top-level one
+# (MAKELEVEL 0), so it runs without this make's MAKELEVEL and MAKEFLAGS.
 setup-pg18:
-	@[ -x "$(PG18_CONFIG)" ] || { [ -n "$(PG18_BUILD)" ] || { echo "PostgreSQL 18 source not found: set PG18_BUILD=/path/to/shared/postgres/build.sh" >&2; exit 1; }; $(PG18_BUILD); }
+	@[ -x "$(PG18_CONFIG)" ] || { [ -n "$(PG18_BUILD)" ] || { echo "PostgreSQL 18 source not found: set PG18_BUILD=/path/to/shared/postgres/build.sh" >&2; exit 1; }; env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS $(PG18_BUILD); }
 	@$(MAKE) --no-print-directory pgrx-init
 
 # pgrx knows every PostgreSQL on this machine (a new make, so that one built just

@@ -50,8 +50,18 @@ start)
     done
     ;;
 stop)
-    if [ -f "$dir/data/PG_VERSION" ]; then
-        as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    # Bounded: a fast shutdown that outlasts 60 seconds (a backend that does not
+    # answer its cancel) is reported with what still runs, then made immediate.
+    if [ -f "$dir/data/PG_VERSION" ] && as_owner "$PGBIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        if ! as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1; then
+            pid=$(head -1 "$dir/data/postmaster.pid" 2>/dev/null || true)
+            echo "cluster.sh: the server in $dir did not stop within 60 s; still running:" >&2
+            [ -n "$pid" ] && ps -o pid,stat,etime,args --no-headers --ppid "$pid" >&2 || true
+            as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || {
+                echo "cluster.sh: an immediate shutdown of $dir failed too" >&2
+                exit 1
+            }
+        fi
     fi
     ;;
 *)

@@ -2,6 +2,15 @@
 # `make run`: a private PostgreSQL under target/ (unless DATABASE_URL is set), the
 # tally extension with a demo plan and user, and the API, until Ctrl-C.
 set -euo pipefail
+# A script started as a background job of a non-interactive shell (`make run &`,
+# nohup, CI) inherits SIGINT ignored, and bash cannot trap a signal that was ignored
+# when it started: Ctrl-C or `kill -INT` would then not stop what this starts. So it
+# runs itself again once with SIGINT and SIGTERM at their defaults, which its trap
+# below then catches however it was started.
+if [ -z "${TALLY_DEMO_SIGNALS:-}" ]; then
+    export TALLY_DEMO_SIGNALS=default
+    exec env --default-signal=INT,TERM "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 
 RUN_PORT=${RUN_PORT:-55432}

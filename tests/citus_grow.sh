@@ -6,13 +6,20 @@
 # nothing else, then, with writes running from four connections all along:
 #   1. citus_add_node of that node, citus_rebalance_start/wait onto it;
 #   2. the limit race (8 x 50 at a limit of 50) for a user whose shards moved there;
-#   3. citus_drain_node and citus_remove_node of it, and the race again;
+#   3. citus_drain_node and citus_remove_node of it as docs/citus.md says (the
+#      drain's leftover placements dropped before the removal), and the race again;
+#      then three more rounds of add, rebalance, drain and remove, each followed by
+#      moving the drained shards again; then the stuck state of a node removed with
+#      drops still pending (no move of its shards can start) and the documented way
+#      out of it;
 #   4. a node an operator had already run CREATE EXTENSION tally on joins too, and
 #      one whose own tally tables hold data is refused with a message;
 #   5. kill -9 of a worker, then of the coordinator, restart, 2PC recovery.
 # After each step: no error but the expected ones in the writers' logs, counters equal
 # a recount from tally.sessions, tally.verify() empty, no prepared transaction left,
 # and amcheck (B-tree indexes with heapallindexed, and the heap) clean on every node.
+# Every wait has a bound: a rebalance, drain or move that outlasts it fails the test
+# with the rebalance job's tasks and Citus's pending cleanup records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${1:?coordinator port}
@@ -53,7 +60,8 @@ SQL
 # The writers: single-row inserts, started sessions completed, a multi-row insert
 # across users (several shards: two-phase commit), a COPY, deletes. Each round is one
 # psql script that goes on after an error and logs it. They stop when the stop file
-# appears, and after 600 rounds at most.
+# appears, and after 600 rounds at most; a statement that waits past 120 s is
+# cancelled, and its error fails the step.
 load_round() {
     local client=$1 round=$2 u1 u2 u3
     # Each writer has its own 50 users: statements of several users lock their usage
@@ -82,7 +90,7 @@ start_load() {
         (
             for round in $(seq 600); do
                 [ -e "$logs/stop" ] && break
-                load_round "$client" "$round" | psql -X -q -h 127.0.0.1 -U postgres -p "$port" -d "$db" \
+                load_round "$client" "$round" | PGOPTIONS="-c statement_timeout=120s" psql -X -q -h 127.0.0.1 -U postgres -p "$port" -d "$db" \
                     >>"$logs/$1-$client.log" 2>&1 || sleep 0.2
                 echo "round $round" >>"$logs/$1-$client.rounds"
             done
@@ -175,7 +183,7 @@ race() {
     q "$port" -c "INSERT INTO tally.subscriptions (user_id, plan_id) VALUES ('$user', 'fifty')" >/dev/null
     for client in $(seq 8); do
         for _ in $(seq 50); do echo "INSERT INTO tally.sessions (user_id, kind) VALUES ('$user', 'practice');"; done |
-            psql -X -q -h 127.0.0.1 -U postgres -p "$port" -d "$db" >"$logs/race-$what-$client.log" 2>&1 &
+            PGOPTIONS="-c statement_timeout=120s" psql -X -q -h 127.0.0.1 -U postgres -p "$port" -d "$db" >"$logs/race-$what-$client.log" 2>&1 &
     done
     wait
     local refused others used
@@ -192,11 +200,96 @@ placements_on() {
                    WHERE p.nodeport = $1 AND s.logicalrelid::text LIKE 'tally.%'"
 }
 
+# How long a rebalance, a drain or one shard move may take before the test gives up
+# (seconds). Each takes a few seconds here; the bound only stops a wait that would
+# never end, and says why.
+MOVE_BOUND=${TALLY_CITUS_MOVE_BOUND:-300}
+# Citus's view of what is still moving or waiting to be dropped, for a failure message.
+citus_pending() {
+    echo "--- rebalance jobs and their tasks (newest job first):"
+    q "$port" -c "SELECT j.job_id, j.state, t.task_id, t.status, t.retry_count, left(coalesce(t.message, ''), 200)
+                    FROM pg_dist_background_job j LEFT JOIN pg_dist_background_task t USING (job_id)
+                   ORDER BY j.job_id DESC, t.task_id LIMIT 20" 2>&1 || true
+    echo "--- pg_dist_cleanup (records of placements still to be dropped):"
+    q "$port" -c "SELECT record_id, object_name, node_group_id, policy_type FROM pg_dist_cleanup ORDER BY record_id" 2>&1 || true
+    echo "--- pg_dist_node:"
+    q "$port" -c "SELECT nodeid, groupid, nodeport, isactive FROM pg_dist_node ORDER BY groupid" 2>&1 || true
+}
+# A statement that waits on shards moving, run with statement_timeout = MOVE_BOUND.
+bounded() {
+    local what=$1 out
+    shift
+    if ! out=$(q "$port" -c "SET statement_timeout = '${MOVE_BOUND}s'" "$@" 2>&1); then
+        q "$port" -c "SELECT citus_rebalance_stop()" >/dev/null 2>&1 || true
+        fail "$what did not finish within ${MOVE_BOUND}s or failed: $out
+$(citus_pending)"
+    fi
+}
+# rebalance WHAT [MODE]: every move by MODE (Citus's default: logical replication
+# while writes go on; block_writes is quicker and leaves the same deferred drops).
+rebalance() {
+    local mode=${2:+"shard_transfer_mode => '$2'"}
+    bounded "$1: citus_rebalance_start/wait" -c "SELECT citus_rebalance_start($mode)" -c "SELECT citus_rebalance_wait()"
+    # A job whose tasks failed for good ends too; it must have moved everything.
+    local state
+    state=$(q "$port" -c "SELECT state FROM pg_dist_background_job ORDER BY job_id DESC LIMIT 1")
+    [ -z "$state" ] || [ "$state" = finished ] || fail "$1: the rebalance job ended $state
+$(citus_pending)"
+}
+# The records of placements still to be dropped on the node at port $1.
+pending_on() {
+    q "$port" -c "SELECT count(*) FROM pg_dist_cleanup c JOIN pg_dist_node n ON n.groupid = c.node_group_id
+                   WHERE n.nodeport = $1"
+}
+# Records no node will ever drop: their node group is no longer in the cluster.
+orphaned_records() {
+    q "$port" -c "SELECT count(*) FROM pg_dist_cleanup WHERE node_group_id NOT IN (SELECT groupid FROM pg_dist_node)"
+}
+# docs/citus.md's procedure for removing a node: drain it, drop the placements the
+# drain left behind on it (a move only marks its source for a deferred drop, and
+# Citus drops those only on nodes still in the cluster), then remove it.
+drain_and_remove() {
+    local node_port=$1 i left="" mode=${2:+", shard_transfer_mode => '$2'"}
+    bounded "draining the node at port $node_port" -c "SELECT citus_drain_node('127.0.0.1', $node_port$mode)"
+    for i in $(seq 60); do
+        q "$port" -c "SET client_min_messages = warning" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
+        left=$(pending_on "$node_port")
+        [ "$left" = 0 ] && break
+        sleep 1
+    done
+    [ "$left" = 0 ] || fail "the drained node at port $node_port still has $left placements to drop after 60 cleanups
+$(citus_pending)"
+    q "$port" -c "SELECT citus_remove_node('127.0.0.1', $node_port)" >/dev/null
+    [ "$(orphaned_records)" = 0 ] || fail "removing the node at port $node_port left cleanup records no node will run
+$(citus_pending)"
+}
+# The colocation groups (by their tally.subscriptions shard) with a placement on the
+# node at port $1.
+groups_on() {
+    q "$port" -c "SELECT shardid FROM pg_dist_shard JOIN pg_dist_shard_placement USING (shardid)
+                   WHERE logicalrelid = 'tally.subscriptions'::regclass AND nodeport = $1 ORDER BY shardid"
+}
+# Moves each of the groups $2... from the worker it is on to the other worker: the
+# moves a later rebalance would make, which a cleanup record left behind refuses.
+move_sql() {
+    local shard=$1 from to
+    from=$(q "$port" -c "SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = $shard")
+    if [ "$from" = $((port + 1)) ]; then to=$((port + 2)); else to=$((port + 1)); fi
+    echo "SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to, shard_transfer_mode => 'block_writes')"
+}
+move_again() {
+    local what=$1 shard
+    shift
+    for shard in "$@"; do
+        bounded "$what: moving shard $shard" -c "$(move_sql "$shard")"
+    done
+}
+
 # 1. A fresh node joins; shards move onto it while the writers run.
 start_load grow
 sleep 2
 q "$port" -c "SELECT citus_add_node('127.0.0.1', $new_port)" >/dev/null || fail "citus_add_node of a fresh node failed"
-q "$port" -c "SELECT citus_rebalance_start()" -c "SELECT citus_rebalance_wait()" >/dev/null
+rebalance "growing onto the fresh node"
 sleep 2
 stop_load grow
 # Citus 14 drops a moved group's old placements later, from its maintenance daemon;
@@ -213,15 +306,62 @@ race grown "$new_port"
 # 3. The node is drained and removed while the writers run.
 start_load drain
 sleep 2
-q "$port" -c "SELECT citus_drain_node('127.0.0.1', $new_port)" >/dev/null
-q "$port" -c "SELECT citus_remove_node('127.0.0.1', $new_port)" >/dev/null
+drain_and_remove "$new_port"
 sleep 1
 stop_load drain
-q "$port" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
 [ "$(q "$port" -c "SELECT count(*) FROM pg_dist_node WHERE nodeport = $new_port")" = 0 ] || fail "the drained node is still listed"
-say "the node was drained and removed, writes running"
+say "the node was drained and removed, writes running; no placement was left to drop"
 check "after the drain"
 race drained
+
+# 3b. Drained and removed again and again, writes running: after each removal the
+# shards that were on the node move again, and the next rebalance finishes. These
+# moves block writes instead of replicating them (quicker; a move leaves its old
+# placements to a deferred drop either way).
+for cycle in 1 2 3; do
+    start_load "cycle-$cycle"
+    fresh_node_db
+    q "$port" -c "SELECT citus_add_node('127.0.0.1', $new_port)" >/dev/null || fail "cycle $cycle: citus_add_node failed"
+    rebalance "cycle $cycle" block_writes
+    # shellcheck disable=SC2046
+    set -- $(groups_on "$new_port")
+    [ $# -gt 0 ] || fail "cycle $cycle: the rebalance moved nothing onto the node"
+    drain_and_remove "$new_port" block_writes
+    move_again "cycle $cycle" "$@"
+    stop_load "cycle-$cycle"
+    say "cycle $cycle: rebalanced onto the node, drained and removed it, then moved its $# shard groups again"
+done
+check "after three drain cycles"
+
+# 3c. A node removed while the drops of its last moves were still pending (drain then
+# remove, before Citus's background cleanup ran): no move of those shards can start
+# again, so a rebalance that picks one retries for ever. docs/citus.md's way
+# out: delete the records of the removed node group; then the shards move again.
+q "$port" -c "ALTER SYSTEM SET citus.defer_shard_delete_interval = -1" -c "SELECT pg_reload_conf()" >/dev/null
+fresh_node_db
+q "$port" -c "SELECT citus_add_node('127.0.0.1', $new_port)" >/dev/null || fail "stuck state: citus_add_node failed"
+rebalance "stuck state" block_writes
+# shellcheck disable=SC2046
+set -- $(groups_on "$new_port")
+bounded "stuck state: draining" -c "SELECT citus_drain_node('127.0.0.1', $new_port, shard_transfer_mode => 'block_writes')"
+[ "$(pending_on "$new_port")" -gt 0 ] || fail "stuck state: the drain left no drop pending to reproduce it with"
+q "$port" -c "SELECT citus_remove_node('127.0.0.1', $new_port)" >/dev/null
+orphans=$(orphaned_records)
+[ "$orphans" -gt 0 ] || fail "stuck state: removing the node left no orphaned cleanup record"
+stuck=$(q "$port" -c "SELECT object_name FROM pg_dist_cleanup WHERE node_group_id NOT IN (SELECT groupid FROM pg_dist_node)
+                       AND object_name LIKE 'tally.subscriptions\_%' LIMIT 1")
+stuck_shard=${stuck##*_}
+refused=$(q "$port" -c "SET statement_timeout = '${MOVE_BOUND}s'" -c "$(move_sql "$stuck_shard")" 2>&1 || true)
+case "$refused" in
+    *"leftover from the previous move could not be cleaned up"*) ;;
+    *) fail "stuck state: moving shard $stuck_shard was not refused as Citus refuses it: $refused" ;;
+esac
+say "stuck state: a node removed with $orphans drops pending leaves shard $stuck_shard unmovable: $(echo "$refused" | grep -o 'shard move failed[^"]*' | head -1)"
+q "$port" -c "DELETE FROM pg_dist_cleanup WHERE node_group_id NOT IN (SELECT groupid FROM pg_dist_node)" >/dev/null
+q "$port" -c "ALTER SYSTEM RESET citus.defer_shard_delete_interval" -c "SELECT pg_reload_conf()" >/dev/null
+move_again "after the way out" "$@"
+say "stuck state: after deleting the removed node group's cleanup records, its $# shard groups moved again"
+check "after the way out of the stuck state"
 
 # 4. An operator ran CREATE EXTENSION tally on the node before adding it: it joins.
 # With data in its own tally tables it is refused, saying what to do.
@@ -236,7 +376,8 @@ esac
 say "a node whose own tally tables hold data is refused: $(echo "$refusal" | grep -o "this node's own tally tables hold data[^\"]*" | head -1)"
 fresh_node_db -c "CREATE EXTENSION tally"
 q "$port" -c "SELECT citus_add_node('127.0.0.1', $new_port)" >/dev/null || fail "citus_add_node of a node with tally created failed"
-q "$port" -c "SELECT citus_rebalance_start()" -c "SELECT citus_rebalance_wait()" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
+rebalance "adding a node with tally created"
+q "$port" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
 [ "$(placements_on "$new_port")" = 7 ] || fail "the node with tally created took no shards"
 check "after adding a node with CREATE EXTENSION tally done" "$new_port"
 race precreated "$new_port"

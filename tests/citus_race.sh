@@ -20,7 +20,7 @@ SQL
 insert="INSERT INTO tally.sessions (user_id, kind) VALUES ('racer', 'practice');"
 for client in $(seq 8); do
     for _ in $(seq 50); do echo "$insert"; done |
-        psql -X -q "$url" >"target/citus-race-$client.log" 2>&1 &
+        PGOPTIONS="-c statement_timeout=120s" psql -X -q "$url" >"target/citus-race-$client.log" 2>&1 &
 done
 wait
 refused=$(cat target/citus-race-*.log | grep -c "quota exceeded" || true)

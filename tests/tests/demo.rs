@@ -1,7 +1,9 @@
 //! `make run`'s script (scripts/demo.sh) on a demo database an earlier release created:
 //! it updates the extension in place (the session recorded before stays), runs the API
 //! as a role of its own that is not a superuser, keeps the token secret private, and
-//! its printed token works. Ctrl-C stops what it started.
+//! its printed token works. Ctrl-C stops what it started, even when the demo was started
+//! with SIGINT ignored, as every background job of a non-interactive shell is (`make run
+//! &`, nohup, CI): the test starts it that way on purpose, whatever it inherited itself.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -91,8 +93,8 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     .await
     .unwrap();
 
-    let mut demo = Command::new("scripts/demo.sh")
-        .current_dir(repo())
+    let mut demo = Command::new("scripts/demo.sh");
+    demo.current_dir(repo())
         .env("RUN_PORT", PORT.to_string())
         .env("RUN_CLUSTER", cluster_arg)
         .env("TALLY_BIND", BIND)
@@ -101,11 +103,21 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
         .env("TALLY_API_BIN", repo().join("target/debug/tally-api"))
         .env_remove("DATABASE_URL")
         .env_remove("TALLY_JWT_SECRET")
+        .env_remove("TALLY_DEMO_SIGNALS")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()
-        .expect("start scripts/demo.sh");
+        .process_group(0);
+    // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed; signal(2) is one, and nothing here allocates or locks.
+    unsafe {
+        demo.pre_exec(|| {
+            if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut demo = demo.spawn().expect("start scripts/demo.sh");
     running.pid = Some(demo.id().expect("demo pid"));
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut token = None;
@@ -226,7 +238,17 @@ async fn make_run_updates_an_old_demo_database_and_runs_the_api_unprivileged() {
     let pid = demo.id().expect("demo pid") as i32;
     sh(&["kill", "-INT", &pid.to_string()]).await;
     let exited = tokio::time::timeout(Duration::from_secs(60), demo.wait()).await;
-    assert!(exited.is_ok(), "Ctrl-C did not stop the demo");
+    if exited.is_err() {
+        let left = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("ps -o pid,stat,args --no-headers -p \"$(pgrep -d, -g {pid})\""),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!("SIGINT did not stop the demo within 60 s; its process group still runs:\n{left}");
+    }
     for address in [BIND, PAGE_BIND] {
         assert!(
             std::net::TcpStream::connect(address).is_err(),

@@ -354,6 +354,7 @@ async fn api_killed_mid_load_loses_and_doubles_nothing_when_clients_retry() {
         .build()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
     for _ in 0..100 {
         if http
             .get(format!("{base}/readyz"))
@@ -361,10 +362,12 @@ async fn api_killed_mid_load_loses_and_doubles_nothing_when_clients_retry() {
             .await
             .is_ok_and(|r| r.status().is_success())
         {
+            ready = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(ready, "the API on port {port} was not ready within 10 s");
 
     let per_client = 250;
     let clients: Vec<_> = (0..8)
@@ -381,8 +384,15 @@ async fn api_killed_mid_load_loses_and_doubles_nothing_when_clients_retry() {
                         "started_at": "2026-03-15T10:00:00Z", "duration_seconds": 60
                     });
                     // The same body again until the API answers: 201 the first time, 200 if
-                    // an earlier attempt committed without us seeing the answer.
+                    // an earlier attempt committed without us seeing the answer. Bounded:
+                    // 600 attempts 50 ms apart outlast every restart of the API here.
+                    let mut attempts = 0;
                     loop {
+                        attempts += 1;
+                        assert!(
+                            attempts <= 600,
+                            "session {id} got no answer from the API in 600 attempts"
+                        );
                         let sent = http
                             .post(format!("{base}/v1/sessions"))
                             .bearer_auth(&token)

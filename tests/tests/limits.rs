@@ -23,7 +23,14 @@ async fn race(url: &str, isolation: &'static str, status: &'static str) -> Outco
             let mut client = connect(&url).await;
             let (mut committed, mut refused) = (0, 0);
             for _ in 0..INSERTS_PER_CLIENT {
+                // Bounded: a serialization failure that never stops is a failure.
+                let mut attempts = 0;
                 loop {
+                    attempts += 1;
+                    assert!(
+                        attempts <= 1000,
+                        "an insert failed with 40001 1000 times in a row at {isolation}"
+                    );
                     let tx = client.build_transaction();
                     let tx = match isolation {
                         "repeatable read" => {
