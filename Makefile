@@ -112,7 +112,7 @@ install-release: setup
 docs-check:
 	python3 tests/docs_links.py
 
-# Clippy for each major: the code that differs between them (extension/src/majors.rs)
+# Clippy for each major: the code that differs between them (extension/src/pg/majors.rs)
 # is compiled for one at a time.
 lint: setup-pg18
 	cargo fmt --all --check

@@ -43,8 +43,8 @@ STATEMENTS = {
 # frame (a substring of its name) is on its stack with the frames named after it
 # below that frame (`!name`: with none of that name below it).
 PARTS = [
-    ("counting trigger: usage row, found by key (index and heap page)", ["tally::keyed::add_to_usage", "tally::keyed::Table::find_for_update"]),
-    ("counting trigger: usage row, lock and update", ["tally::keyed::add_to_usage"]),
+    ("counting trigger: usage row, found by key (index and heap page)", ["tally::store::rows::add_to_usage", "tally::store::heap::Table::find_for_update"]),
+    ("counting trigger: usage row, lock and update", ["tally::store::rows::add_to_usage"]),
     ("counting trigger: subscription lookup", ["tally::counting::subscription"]),
     ("counting trigger: limit check", ["tally::limits::check_limits"]),
     ("counting trigger: the rest", ["tally_sessions_count_insert"]),

@@ -3,7 +3,7 @@
 # (`make logical-test`). A subscriber database takes tally.plans and
 # tally.session_kinds from a publisher and writes sessions of its own. One of its
 # connections counts a session (keeping the plan and kinds it read, see
-# extension/src/reference.rs); the publisher then lowers the plan's limit and maps a
+# extension/src/store/catalog_cache.rs); the publisher then lowers the plan's limit and maps a
 # kind that counted nothing to assessments. Once replicated, the same connection's
 # next practice session is refused at the new limit, and its next session of the
 # remapped kind counts as an assessment: the apply worker fires tally's row-level

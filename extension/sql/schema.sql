@@ -90,7 +90,7 @@ CREATE TABLE tally.usage (
     period_end              timestamptz NOT NULL,
     practice_sessions_used  integer NOT NULL DEFAULT 0,
     assessments_used        integer NOT NULL DEFAULT 0,
-    -- The limit check's shortcut (extension/src/keyed.rs, add_to_usage). Last, so
+    -- The limit check's shortcut (extension/src/store/rows.rs, add_to_usage). Last, so
     -- that an updated database, which gets it by ADD COLUMN, has the same layout.
     started_bound           integer,
     PRIMARY KEY (user_id, period_start)
@@ -198,7 +198,7 @@ COMMENT ON VIEW tally.current_usage_document IS 'tally.current_usage and the use
 -- Record a session and read the counters it moved, in one call (one round trip for
 -- clients). Counting is done by the triggers as for any INSERT; this adds only the
 -- idempotent retry, the backdating bound and the read after the write. Written in the
--- library (src/record.rs): its statements, prepared once per connection, are an INSERT
+-- library (extension/src/answer/record.rs): its statements, prepared once per connection, are an INSERT
 -- (ON CONFLICT DO NOTHING when the session has an id), tally.existing_session for a
 -- retry and tally.refuse_backdating when not_before is given and started_at lies in
 -- the past; its answer is written by tally.record_session_answer.

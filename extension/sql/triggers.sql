@@ -3,7 +3,7 @@
 -- Functions that write counters run as the extension owner with a search path of
 -- pg_catalog only, so that a writer role needs no privilege on tally.usage: the
 -- rarely called ones by SECURITY DEFINER, the counting triggers (on every write)
--- by switching user in Rust, which costs less per call (extension/src/privilege.rs).
+-- by switching user in Rust, which costs less per call (extension/src/pg/privilege.rs).
 -- The guard triggers on tally.usage and tally.learning_plans still reject every
 -- write that does not come from tally's own code, superusers included.
 
@@ -135,7 +135,7 @@ CREATE TRIGGER plans_rebucket
     FOR EACH ROW WHEN (OLD.period IS DISTINCT FROM NEW.period)
     EXECUTE FUNCTION tally.plans_rebucket();
 
--- Counting keeps plans and kinds per connection (extension/src/reference.rs): any
+-- Counting keeps plans and kinds per connection (extension/src/store/catalog_cache.rs): any
 -- write to either table tells every connection to forget them. ENABLE ALWAYS: the
 -- cache must hear of writes made under session_replication_role = replica too.
 CREATE TRIGGER plans_forget
@@ -167,7 +167,7 @@ REVOKE ALL ON FUNCTION tally.repair() FROM PUBLIC;
 -- EXECUTE on a trigger function is all CREATE TRIGGER asks for, and firing a trigger
 -- checks no privilege at all: tally's own triggers keep working for every writer,
 -- while no other role can bind these functions anywhere. (Each also refuses to run
--- for any binding but its own; see extension/src/binding.rs.)
+-- for any binding but its own; see extension/src/entry/binding.rs.)
 REVOKE ALL ON FUNCTION
     tally.sessions_fill_completed_at(), tally.sessions_check_update(),
     tally.sessions_count_insert(), tally.sessions_count_update(), tally.sessions_count_delete(),

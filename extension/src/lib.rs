@@ -5,38 +5,31 @@
 //!
 //! The library is installed before `ALTER EXTENSION tally UPDATE` runs, so it also
 //! meets databases at the release before its own: it serves that release and its
-//! own, and refuses every other with an error that names the update (`served.rs`).
+//! own, and refuses every other with an error that names the update (`entry/served.rs`).
 //! The one difference between the two it serves is read from the schema itself:
-//! whether the reference tables carry both forget triggers (`keyed.rs`).
+//! whether the reference tables carry both forget triggers (`store/heap.rs`).
 
 use pgrx::prelude::*;
 
 #[cfg(not(any(feature = "pg15", feature = "pg18")))]
 compile_error!("tally builds for PostgreSQL 15 or 18: build with the feature pg15 or pg18");
 
-mod binding;
-mod citus;
-mod counted;
-mod counter;
+// The map, in the order a write to tally.sessions meets it:
+// where PostgreSQL calls in,
+mod entry;
+// what is counted,
+mod domain;
+// the counting triggers and limits,
 mod counting;
-mod document;
-mod errors;
-mod expressions;
-mod guards;
-mod internal;
-mod keyed;
-mod limits;
-mod majors;
-mod period;
-mod privilege;
-mod rebucket;
-mod record;
-mod reference;
-mod repair;
-mod served;
-mod sessions;
-mod settings;
-mod spi;
+// the reads and writes by key,
+mod store;
+// the rules around the counters,
+mod rules;
+// and the answers built from them;
+mod answer;
+// beside them, PostgreSQL plumbing and what differs on a Citus shard.
+mod citus;
+mod pg;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -44,27 +37,27 @@ extension_sql_file!(
     "../sql/schema.sql",
     name = "schema",
     requires = [
-        period::period_is_valid,
-        period::period_start_for,
-        period::period_end_for,
-        settings::reservation_timeout,
-        document::build_usage_document
+        domain::period::period_is_valid,
+        domain::period::period_start_for,
+        domain::period::period_end_for,
+        pg::settings::reservation_timeout,
+        answer::document::build_usage_document
     ]
 );
 extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",
-    requires = ["schema", repair::repair]
+    requires = ["schema", rules::repair::repair]
 );
 extension_sql_file!(
     "../sql/distribute.sql",
     name = "distribute",
-    requires = ["triggers", repair::repair_counter]
+    requires = ["triggers", rules::repair::repair_counter]
 );
 
 /// RFC 3339 text of a timestamp, in UTC, for messages.
 pub(crate) fn format_timestamp(ts: TimestampWithTimeZone) -> String {
-    match period::to_datetime(ts.into_inner()) {
+    match domain::period::to_datetime(ts.into_inner()) {
         Some(t) => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         None => ts.to_string(),
     }
@@ -78,19 +71,19 @@ unsafe extern "C-unwind" fn on_transaction_event(
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT
         || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
     {
-        internal::reset();
+        pg::write_mark::reset();
         citus::reset();
-        limits::IndexOnlyPlanning::reset();
+        counting::limits::IndexOnlyPlanning::reset();
     }
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
     {
-        counted::forget_counted();
+        answer::last_insert::forget_counted();
     }
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT
         || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
         || event == pg_sys::XactEvent::XACT_EVENT_PREPARE
     {
-        expressions::free_retired();
+        pg::expressions::free_retired();
     }
 }
 
@@ -102,13 +95,13 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        counted::forget_counted();
+        answer::last_insert::forget_counted();
     }
 }
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::register();
+    pg::settings::register();
     // SAFETY: registers a callback that lives as long as the library.
     unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
     // SAFETY: as above.
@@ -116,7 +109,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Reserve the prefix so a typo such as tally.enforce_limit is an error, not a new setting.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
     citus::guard_session_settings();
-    expressions::install();
+    pg::expressions::install();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

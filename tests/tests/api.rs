@@ -549,7 +549,7 @@ async fn a_request_waits_for_a_pooled_connection_as_long_as_its_timeout_allows()
 }
 
 /// Each of the API's pooled connections keeps the plans it has counted with
-/// (extension/src/reference.rs): a limit the plan's owner lowers or raises applies
+/// (extension/src/store/catalog_cache.rs): a limit the plan's owner lowers or raises applies
 /// to the next POST on every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_changed_plan_applies_to_the_next_post_on_every_pooled_connection() {

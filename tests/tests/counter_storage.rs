@@ -1,6 +1,6 @@
 //! The storage of the counter rows: a usage row updated by key thousands of times
 //! stays on its heap page. The single-row path prunes a page itself, and only when
-//! the row's next versions no longer fit (crate::keyed in the extension); if it
+//! the row's next versions no longer fit (extension/src/store/rows.rs); if it
 //! pruned too late or never, the versions would spill to new pages and the table
 //! would grow with every insert.
 

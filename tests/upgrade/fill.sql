@@ -6,7 +6,7 @@
 --
 -- It is written past tally's triggers, as a restore writes, and then sets the
 -- counters those triggers keep from a recount by calendar month: the library under
--- test serves only its own release and the one before (extension/src/served.rs), and
+-- test serves only its own release and the one before (extension/src/entry/served.rs), and
 -- this fill must work at every release. Plain SQL of every release's tables, nothing
 -- else.
 \set ON_ERROR_STOP on

@@ -31,7 +31,7 @@ pub enum TallyCode {
     /// (PostgreSQL's own code for a trigger called in the wrong context).
     TriggerProtocolViolated,
     /// The database's tally schema is at a release this library does not serve
-    /// (crate::served).
+    /// (crate::entry::served).
     ReleaseNotServed,
 }
 
@@ -142,18 +142,18 @@ pub unsafe fn raise(error: TallyError) -> ! {
 
 /// Defines the C entry point PostgreSQL calls for a trigger function declared in
 /// `sql/triggers.sql`: checks that it fired through its own binding (see
-/// `binding.rs`) and that this library serves the database's release (see
-/// `served.rs`), runs the Rust body under pgrx's guard (so PostgreSQL errors and
+/// `entry/binding.rs`) and that this library serves the database's release (see
+/// `entry/served.rs`), runs the Rust body under pgrx's guard (so PostgreSQL errors and
 /// panics are reported as usual) and raises a returned [`TallyError`].
 ///
 /// `entry!(any_release, …)` skips the release check, for a function that reads
 /// none of tally's tables and is right at every release.
 macro_rules! entry {
     (any_release, $symbol:ident, $finfo:ident, $body:path, $binding:expr) => {
-        $crate::errors::entry!(@define $symbol, $finfo, $body, $binding, $crate::errors::served_anyway);
+        $crate::entry::errors::entry!(@define $symbol, $finfo, $body, $binding, $crate::entry::errors::served_anyway);
     };
     ($symbol:ident, $finfo:ident, $body:path, $binding:expr) => {
-        $crate::errors::entry!(@define $symbol, $finfo, $body, $binding, $crate::served::check);
+        $crate::entry::errors::entry!(@define $symbol, $finfo, $body, $binding, $crate::entry::served::check);
     };
     (@define $symbol:ident, $finfo:ident, $body:path, $binding:expr, $served:path) => {
         #[doc(hidden)]
@@ -173,7 +173,7 @@ macro_rules! entry {
                 ::pgrx::pg_sys::panic::pgrx_extern_c_guard(|| {
                     let trigger = ::pgrx::PgTrigger::from_fcinfo(&*fcinfo)
                         .expect("tally trigger functions run only as triggers");
-                    const BINDING: $crate::binding::Binding = $binding;
+                    const BINDING: $crate::entry::binding::Binding = $binding;
                     BINDING
                         .check(stringify!($symbol), &trigger)
                         .and_then(|()| $served())
@@ -182,7 +182,7 @@ macro_rules! entry {
             };
             match outcome {
                 Ok(datum) => datum,
-                Err(error) => unsafe { $crate::errors::raise(error) },
+                Err(error) => unsafe { $crate::entry::errors::raise(error) },
             }
         }
     };

@@ -16,11 +16,11 @@ use pgrx::datum::JsonString;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::counted::{take_counted, Counted};
-use crate::keyed::Tables;
-use crate::limits::IndexOnlyPlanning;
-use crate::privilege::{AsExtensionOwner, CatalogSearchPath};
-use crate::spi::{run_cached, TEXT};
+use crate::answer::last_insert::{take_counted, Counted};
+use crate::counting::limits::IndexOnlyPlanning;
+use crate::pg::privilege::{AsExtensionOwner, CatalogSearchPath};
+use crate::pg::spi::{run_cached, TEXT};
+use crate::store::rows::Tables;
 
 /// One counter of the document.
 struct CounterFigures {
@@ -401,12 +401,12 @@ COMMENT ON FUNCTION tally.session_usage_document(text, uuid) IS
     'tally.current_usage_document of user_id, right after the INSERT of session_id in this transaction (used by tally.record_session).';
 "#)]
 fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<String> {
-    crate::served::require();
+    crate::entry::served::require();
     let counted = take_counted(session_id).filter(|c| c.user_id == user_id && covers_document(c));
     // The plans are cached for the connection: keep them index lookups (see
     // IndexOnlyPlanning) whatever the statistics said when they were made. Begun
     // after the search path below, so that its settings (a GUC nest level) end
-    // before the path's, which on 18 is a nest level too (crate::majors).
+    // before the path's, which on 18 is a nest level too (crate::pg::majors).
     let Some(counted) = counted else {
         // Read with the caller's rights, as the view is; the names in the statement
         // are resolved in pg_catalog (record_session, the caller, has no search path

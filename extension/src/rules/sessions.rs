@@ -5,9 +5,9 @@ use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger, WhoAllocated};
 
-use crate::binding::{on, Level::*, Timing::*, INSERT, TRUNCATE, UPDATE};
-use crate::errors::{entry, TallyCode, TallyError, TallyResult};
-use crate::keyed::column_of;
+use crate::entry::binding::{on, Level::*, Timing::*, INSERT, TRUNCATE, UPDATE};
+use crate::entry::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::store::heap::column_of;
 
 pub fn column<T>(row: &PgHeapTuple<'_, impl WhoAllocated>, name: &str) -> Option<T>
 where

@@ -5,11 +5,11 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
-use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
 use crate::citus;
-use crate::errors::{entry, TallyCode, TallyError, TallyResult};
-use crate::internal;
-use crate::sessions::column;
+use crate::entry::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
+use crate::entry::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::pg::write_mark;
+use crate::rules::sessions::column;
 use pgrx::spi;
 
 fn maintained_by_tally(what: &str) -> TallyError {
@@ -22,7 +22,7 @@ fn maintained_by_tally(what: &str) -> TallyError {
 
 /// BEFORE INSERT/UPDATE/DELETE/TRUNCATE on tally.usage, per statement.
 fn usage_reject_direct_write(_trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
-    if internal::active() {
+    if write_mark::active() {
         Ok(pg_sys::Datum::null())
     } else {
         Err(maintained_by_tally("tally.usage"))
@@ -56,7 +56,7 @@ fn learning_plans_guard_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::
             Ok(row.into_trigger_datum().unwrap_or(pg_sys::Datum::null()))
         }
         Some(old)
-            if column::<i32>(&old, "completed_sessions") != completed && !internal::active() =>
+            if column::<i32>(&old, "completed_sessions") != completed && !write_mark::active() =>
         {
             Err(maintained_by_tally(
                 "tally.learning_plans.completed_sessions",
@@ -180,13 +180,13 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
         && column::<String>(&new, "counter").as_deref() != Some("none");
     if starts_counting
         && !citus::on_shard(relation, c"session_kinds")
-        && crate::keyed::usage_keeps_started_bound()
+        && crate::store::rows::usage_keeps_started_bound()
         && any_session("started")
     {
-        let _internal = internal::InternalWrite::begin();
+        let _internal = write_mark::InternalWrite::begin();
         Spi::run("LOCK TABLE tally.usage IN SHARE MODE")
             .unwrap_or_else(|e| panic!("tally: cannot lock tally.usage: {e}"));
-        crate::counting::forget_started_bounds();
+        crate::counting::usage_write::forget_started_bounds();
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }

@@ -5,12 +5,12 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
-use crate::binding::{on, Level::*, Timing::*, DELETE, UPDATE};
 use crate::citus;
-use crate::errors::{entry, TallyCode, TallyError, TallyResult};
-use crate::internal::InternalWrite;
-use crate::sessions::column;
-use crate::spi::get;
+use crate::entry::binding::{on, Level::*, Timing::*, DELETE, UPDATE};
+use crate::entry::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::pg::spi::get;
+use crate::pg::write_mark::InternalWrite;
+use crate::rules::sessions::column;
 
 /// Recounts every usage row of `users` from their completed sessions. The subscription
 /// rows are locked first, so that concurrent session inserts (whose foreign key checks
@@ -150,7 +150,7 @@ entry!(
 fn subscriptions_drop_usage(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum> {
     let _internal = InternalWrite::begin();
     Spi::connect_mut(|client| {
-        crate::spi::register_transition_tables(trigger);
+        crate::pg::spi::register_transition_tables(trigger);
         // The transition table alone, then one routed delete per user.
         let users: Vec<String> = client
             .select("SELECT user_id FROM tally_old ORDER BY 1", None, &[])

@@ -12,7 +12,7 @@ use std::ffi::CStr;
 use pgrx::{pg_sys, PgTrigger};
 
 use crate::citus;
-use crate::errors::{TallyCode, TallyError, TallyResult};
+use crate::entry::errors::{TallyCode, TallyError, TallyResult};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Timing {

@@ -15,7 +15,7 @@
 //!   its next command (`CommandCounterIncrement`), and again if it rolls back.
 //! - DDL on either table (its triggers among it), an overflowed invalidation queue
 //!   and the like send one too. Invalidations of other relations leave the cache
-//!   alone (crate::keyed forgets only the tables they name).
+//!   alone (crate::store::heap forgets only the tables they name).
 //!
 //! A reader calls `AcceptInvalidationMessages` (`catch_up`) once before using the
 //! cache, after the statement snapshot it reads tally's tables with. A committed change is answered
@@ -23,7 +23,7 @@
 //! invalidation being sent, before its writer is told it committed: as if it had
 //! committed a moment later. The changes that counting must serialise with still
 //! do: a plan's new period and a kind's new counter lock rows that the inserting
-//! statement's foreign key checks lock too (crate::rebucket, crate::guards), and
+//! statement's foreign key checks lock too (crate::rules::rebucket, crate::rules::guards), and
 //! the writer sends its invalidation before it releases those locks.
 //!
 //! A value read with a snapshot can be older than an invalidation processed while it
@@ -32,7 +32,7 @@
 //! snapshot was taken.
 //!
 //! Values are kept only from a table that carries its forget trigger enabled ALWAYS
-//! (crate::keyed checks the trigger when it resolves the table): not from a database
+//! (crate::store::heap checks the trigger when it resolves the table): not from a database
 //! whose release had no such trigger (see the crate's docs); not while the owner has
 //! the trigger disabled or enabled otherwise; and not on Citus placements, where
 //! `tally.distribute()` re-enables the copied triggers as ordinary ones, and where an
@@ -48,9 +48,9 @@ use std::thread::LocalKey;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
-use crate::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
-use crate::counter::Counter;
-use crate::errors::{entry, TallyResult};
+use crate::domain::meter::Counter;
+use crate::entry::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
+use crate::entry::errors::{entry, TallyResult};
 
 /// What counting needs of a plan.
 #[derive(Clone, Copy)]
@@ -79,7 +79,7 @@ impl Generation {
     pub(crate) fn now() -> Generation {
         // Before the count is read: an invalidation processed unwatched would not
         // be counted.
-        crate::keyed::watch_relcache();
+        crate::store::heap::watch_relcache();
         Generation(INVALIDATIONS.with(Cell::get))
     }
 
@@ -89,7 +89,7 @@ impl Generation {
     }
 }
 
-/// Forgets everything kept (crate::keyed's relcache callback calls it).
+/// Forgets everything kept (crate::store::heap's relcache callback calls it).
 pub(crate) fn forget() {
     INVALIDATIONS.with(|n| n.set(n.get() + 1));
     PLANS.with(|plans| plans.borrow_mut().clear());

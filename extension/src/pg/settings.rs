@@ -15,7 +15,7 @@ pub static FAST_PATH: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub fn register() {
     GucRegistry::define_bool_guc(
         c"tally.fast_path",
-        c"Count single-row writes through direct index and heap access (crate::keyed).",
+        c"Count single-row writes through direct index and heap access (crate::store::heap).",
         c"Off, every read and counter write runs as an SQL statement through SPI, the reference path. Only a superuser may change it.",
         &FAST_PATH,
         // Both paths count the same; the reference path exists to compare with, and
@@ -112,7 +112,7 @@ pub fn enforce_limits() -> bool {
     ENFORCE_LIMITS.get()
 }
 
-/// Setting `tally.fast_path`: whether crate::keyed may serve reads and writes.
+/// Setting `tally.fast_path`: whether crate::store::heap may serve reads and writes.
 pub fn fast_path() -> bool {
     FAST_PATH.get()
 }

@@ -5,8 +5,8 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::internal::InternalWrite;
-use crate::privilege::CatalogSearchPath;
+use crate::pg::privilege::CatalogSearchPath;
+use crate::pg::write_mark::InternalWrite;
 
 /// Every counter that disagrees with a recount from tally.sessions.
 const VERIFY_SQL: &str = r#"
@@ -82,7 +82,7 @@ pub fn verify() -> TableIterator<
         name!(actual, i64),
     ),
 > {
-    crate::served::require();
+    crate::entry::served::require();
     let rows = {
         let _path = CatalogSearchPath::push();
         Spi::connect_mut(find_drift)
@@ -254,7 +254,7 @@ const ROUTED_FIX_SQL: &str = "SELECT tally.repair_counter(s.user_id, $2, $3, $4,
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn repair() -> i64 {
-    crate::served::require();
+    crate::entry::served::require();
     let _internal = InternalWrite::begin();
     let distributed = crate::citus::distributed();
     Spi::connect_mut(|client| {
@@ -295,7 +295,7 @@ pub fn repair() -> i64 {
         // Sessions written while counting was off may be started ones the bounds
         // never saw (a distributed tally keeps none).
         if !distributed {
-            crate::counting::forget_started_bounds();
+            crate::counting::usage_write::forget_started_bounds();
         }
         fixed
     })

@@ -74,7 +74,7 @@ macro_rules! session_columns {
 }
 
 /// A statement prepared once per connection (a plan kept by SPI, which re-plans it
-/// when what it reads changes). Kept here rather than by crate::spi::run_cached: that
+/// when what it reads changes). Kept here rather than by crate::pg::spi::run_cached: that
 /// cache holds pgrx's prepared statements, which run only through pgrx's guarded
 /// calls and do not hand out the plan for an unguarded SPI_execute_plan.
 struct Statement {
@@ -312,7 +312,7 @@ fn answer(created: bool) -> Option<String> {
         // return.
         let session_id = Some(uuid(1)?);
         let (duration, duration_null) = column(8);
-        crate::document::record_session_answer(
+        crate::answer::document::record_session_answer(
             Some(created),
             session_id,
             text(2),
@@ -347,7 +347,7 @@ pub unsafe extern "C-unwind" fn tally_record_session(
     // is written nothing here needs dropping (see the module's comment): the
     // statements' errors leave through this frame as PostgreSQL raised them.
     unsafe {
-        crate::served::require();
+        crate::entry::served::require();
         let args = Arguments::of(fcinfo);
         let connected = SPI_connect();
         if connected < 0 {

@@ -4,7 +4,7 @@
 //! through objects of their own. Done here instead of in the function definition
 //! because a function-level SET costs a GUC save/restore and a search path
 //! recomputation on every call, which the single-row insert path cannot afford
-//! (how the path is swapped differs by major, crate::majors). `CatalogSearchPath` is
+//! (how the path is swapped differs by major, crate::pg::majors). `CatalogSearchPath` is
 //! the search path alone, for functions that run with the caller's rights.
 
 use std::os::raw::c_int;
@@ -12,11 +12,11 @@ use std::os::raw::c_int;
 use pgrx::pg_sys;
 use pgrx::PgTrigger;
 
-use crate::majors::{self, SearchPathToken};
+use crate::pg::majors::{self, SearchPathToken};
 
 /// A search path of pg_catalog only until dropped: the effect of `SET search_path =
 /// pg_catalog, pg_temp` on a function (on 15 without a GUC save and restore; on 18
-/// that is what it is, crate::majors). Every name
+/// that is what it is, crate::pg::majors). Every name
 /// in tally's SQL is schema-qualified except pg_catalog's, whose functions and
 /// operators then cannot be shadowed by objects in a schema the caller's path lists
 /// first.

@@ -8,9 +8,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::counter::Counter;
-use crate::errors::{TallyCode, TallyError, TallyResult};
-use crate::spi::{get, run_cached, TEXT, TIMESTAMPTZ};
+use crate::domain::meter::Counter;
+use crate::entry::errors::{TallyCode, TallyError, TallyResult};
+use crate::pg::spi::{get, run_cached, TEXT, TIMESTAMPTZ};
 
 /// Started sessions still holding a reservation in one (user, period), per counter
 /// (practice, assessments): the same index range either way, and the usage document
@@ -44,7 +44,7 @@ pub(crate) struct LimitCheck {
     /// (not in the reservation count) but each needs one free when inserted.
     pub unheld: i32,
     /// The reservations in the period, (practice, assessments), when the counter
-    /// write knew them under the row lock (crate::keyed::add_to_usage); counted here
+    /// write knew them under the row lock (crate::store::rows::add_to_usage); counted here
     /// otherwise.
     pub in_progress: Option<(i32, i32)>,
 }
@@ -62,7 +62,7 @@ pub(crate) struct LimitCheck {
 /// parameters' values).
 ///
 /// The settings are made when the first statement that needs them runs
-/// (`IndexOnlyPlanning::apply`, called by crate::spi::run_cached): a counting call
+/// (`IndexOnlyPlanning::apply`, called by crate::pg::spi::run_cached): a counting call
 /// whose only statement is the counter upsert, which scans nothing, makes none.
 pub(crate) struct IndexOnlyPlanning(());
 
@@ -93,7 +93,7 @@ impl IndexOnlyPlanning {
         } else {
             &[(c"enable_seqscan", c"off")]
         };
-        let level = crate::spi::settings_level(settings);
+        let level = crate::pg::spi::settings_level(settings);
         PLANNING.with(|p| {
             if let Some(last) = p.borrow_mut().last_mut() {
                 last.1 = Some(level);
@@ -130,12 +130,13 @@ pub(crate) fn check_limits(
 ) -> TallyResult<Option<(i32, i32)>> {
     let mut both = None;
     let mut in_progress = Vec::with_capacity(checks.len());
-    // Read by key where tally's tables are this node's own (crate::keyed), else
+    // Read by key where tally's tables are this node's own (crate::store::heap), else
     // one routed count per check: on Citus each reads one user's shard.
     let mut by_key = if checks.iter().all(|check| check.in_progress.is_some()) {
         None
     } else {
-        crate::keyed::Reservations::here().map(|r| (r, crate::keyed::reservation_cutoff()))
+        crate::store::rows::Reservations::here()
+            .map(|r| (r, crate::store::rows::reservation_cutoff()))
     };
     for check in checks {
         let (practice, assessments) = match (check.in_progress, by_key.as_mut()) {

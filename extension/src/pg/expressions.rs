@@ -81,7 +81,7 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
         }
         let operation = (*query).operation;
         // With tally.fast_path off PostgreSQL builds every expression itself.
-        if !crate::settings::fast_path()
+        if !crate::pg::settings::fast_path()
             || eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0
             || (operation != pg_sys::CmdType::CMD_INSERT
                 && operation != pg_sys::CmdType::CMD_UPDATE)
@@ -110,7 +110,7 @@ unsafe fn is_sessions(info: *mut pg_sys::ResultRelInfo) -> bool {
     // SAFETY: as above.
     let oid = unsafe { (*relation).rd_id };
     BUILT.with(|b| b.borrow().as_ref().map(|b| b.relation)) == Some(oid)
-        || crate::binding::is_local_tally_table(relation, c"sessions")
+        || crate::entry::binding::is_local_tally_table(relation, c"sessions")
 }
 
 /// Fills the statement's empty CHECK and WHEN slots of `info` from this
@@ -120,7 +120,7 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
     // its relation is open and locked, so its relcache entry (constraints and
     // triggers) stays as read here for the statement. The slots are sized by
     // PostgreSQL (`ri_TrigWhenExprs`, one per trigger of `ri_TrigDesc`) or by this
-    // function (the CHECK slots of crate::majors, one per constraint, as ExecRelCheck sizes it),
+    // function (the CHECK slots of crate::pg::majors, one per constraint, as ExecRelCheck sizes it),
     // and filled in the statement's memory as PostgreSQL fills them.
     unsafe {
         let relation = (*info).ri_RelationDesc;
@@ -136,10 +136,10 @@ unsafe fn give_built(info: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::ESta
         } else {
             std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize)
         };
-        let check_slots = crate::majors::check_constraint_slots(info);
+        let check_slots = crate::pg::majors::check_constraint_slots(info);
         let fill_checks = !checks.is_empty()
             && (*check_slots).is_null()
-            && crate::majors::checks_prepared_as_stored(constr, checks);
+            && crate::pg::majors::checks_prepared_as_stored(constr, checks);
         let fill_whens =
             !(*info).ri_TrigWhenExprs.is_null() && triggers.iter().any(|t| !t.tgqual.is_null());
         if !fill_checks && !fill_whens {

@@ -21,7 +21,7 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
-use crate::errors::{TallyCode, TallyError, TallyResult};
+use crate::entry::errors::{TallyCode, TallyError, TallyResult};
 
 /// This library's release (the version of its install script).
 pub const CURRENT: &str = env!("CARGO_PKG_VERSION");
@@ -60,7 +60,7 @@ pub fn check() -> TallyResult<()> {
 pub fn require() {
     if let Err(error) = check() {
         // SAFETY: as said above; `raise` itself drops its strings before errfinish.
-        unsafe { crate::errors::raise(error) }
+        unsafe { crate::entry::errors::raise(error) }
     }
 }
 

@@ -17,7 +17,7 @@ thread_local! {
 }
 
 /// Runs `sql` through a plan prepared once per backend, planned for index lookups
-/// (crate::limits::IndexOnlyPlanning). The plan cache re-plans by itself when the
+/// (crate::counting::limits::IndexOnlyPlanning). The plan cache re-plans by itself when the
 /// tables change. In a trigger on a Citus shard, `sql` names the co-located shards
 /// instead of tally's tables (crate::citus::ShardTables).
 pub(crate) fn run_cached<'conn>(
@@ -26,7 +26,7 @@ pub(crate) fn run_cached<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> SpiTupleTable<'conn> {
-    crate::limits::IndexOnlyPlanning::apply();
+    crate::counting::limits::IndexOnlyPlanning::apply();
     run_cached_as_planned(client, sql, types, args)
 }
 
