@@ -20,7 +20,7 @@ use crate::answer::last_insert::{take_counted, Counted};
 use crate::counting::limits::IndexOnlyPlanning;
 use crate::pg::privilege::{AsExtensionOwner, CatalogSearchPath};
 use crate::pg::spi::{run_cached, TEXT};
-use crate::store::rows::Tables;
+use crate::store::Store;
 
 /// One counter of the document.
 struct CounterFigures {
@@ -425,9 +425,8 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
     let _owner = AsExtensionOwner::of_relation(view);
     let _planning = IndexOnlyPlanning::begin(false);
     let has_plans = (!counted.on_shard)
-        .then(Tables::here)
-        .flatten()
-        .and_then(|tables| tables.has_learning_plans(&counted.user_id));
+        .then(Store::open)
+        .and_then(|mut store| store.has_learning_plans(&counted.user_id));
     let learning_plans = match has_plans {
         Some(false) => None,
         _ => Spi::connect_mut(|client| {

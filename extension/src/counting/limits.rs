@@ -10,21 +10,7 @@ use pgrx::spi::SpiClient;
 
 use crate::domain::meter::Counter;
 use crate::entry::errors::{TallyCode, TallyError, TallyResult};
-use crate::pg::spi::{get, run_cached, TEXT, TIMESTAMPTZ};
-
-/// Started sessions still holding a reservation in one (user, period), per counter
-/// (practice, assessments): the same index range either way, and the usage document
-/// needs both. A separate statement so that its snapshot is taken after the usage row
-/// lock; scalar parameters so that its plan is prepared once.
-pub(crate) const RESERVATIONS_SQL: &str = r#"
-SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
-       count(*) FILTER (WHERE k.counter = 'assessments')::int
-  FROM tally.sessions x
-  JOIN tally.session_kinds k ON k.kind = x.kind
- WHERE x.user_id = $1 AND x.status = 'started'
-   AND x.started_at >= $2 AND x.started_at < $3
-   AND x.started_at > now() - tally.reservation_timeout()
-"#;
+use crate::store::Store;
 
 /// A (user, period, counter) that this statement added metered sessions to, under a limit.
 pub(crate) struct LimitCheck {
@@ -125,42 +111,19 @@ impl Drop for IndexOnlyPlanning {
 /// limit once reservations are counted. For a single check, returns the reservations
 /// it counted in that user's period: (practice, assessments).
 pub(crate) fn check_limits(
+    store: &mut Store,
     client: &mut SpiClient<'_>,
     checks: &[LimitCheck],
 ) -> TallyResult<Option<(i32, i32)>> {
     let mut both = None;
     let mut in_progress = Vec::with_capacity(checks.len());
-    // Read by key where tally's tables are this node's own (crate::store::heap), else
-    // one routed count per check: on Citus each reads one user's shard.
-    let mut by_key = if checks.iter().all(|check| check.in_progress.is_some()) {
-        None
-    } else {
-        crate::store::rows::Reservations::here()
-            .map(|r| (r, crate::store::rows::reservation_cutoff()))
-    };
     for check in checks {
-        let (practice, assessments) = match (check.in_progress, by_key.as_mut()) {
-            (Some(known), _) => known,
-            (None, Some((reservations, cutoff))) => reservations.count(
-                &check.user_id,
-                check.period_start,
-                check.period_end,
-                *cutoff,
-            ),
-            (None, None) => {
-                let row = run_cached(
-                    client,
-                    RESERVATIONS_SQL,
-                    &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
-                    &[
-                        check.user_id.clone().into(),
-                        check.period_start.into(),
-                        check.period_end.into(),
-                    ],
-                )
-                .next()
-                .expect("a count returns a row");
-                (get(&row, 1), get(&row, 2))
+        // Known when the counter write counted them under its row lock; else counted
+        // now (on Citus, one routed count per check, each reading one user's shard).
+        let (practice, assessments) = match check.in_progress {
+            Some(known) => known,
+            None => {
+                store.reservations(client, &check.user_id, check.period_start, check.period_end)
             }
         };
         if checks.len() == 1 {

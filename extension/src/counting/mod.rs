@@ -19,4 +19,3 @@ pub(crate) mod limits;
 pub(crate) mod set_based;
 pub(crate) mod single_row;
 pub(crate) mod triggers;
-pub(crate) mod usage_write;

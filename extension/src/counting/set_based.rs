@@ -15,10 +15,8 @@ use crate::pg::spi::{
     get, get_nullable, run_cached, run_cached_as_planned, run_cached_for_bulk, INT4_ARRAY,
     INTERVAL_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY,
 };
-use crate::store::rows;
-
-use super::single_row::subscription;
-use super::usage_write::{change_plan, lower, raise, upserts};
+use crate::store::sql::upserts;
+use crate::store::{Store, UsageChange};
 
 /// What a statement changed, one row per session row (for an UPDATE, the new completed
 /// row and the old completed row apart): `done` is the change to completed sessions,
@@ -174,6 +172,7 @@ pub(super) const BULK_ROWS: i64 = 10_000;
 /// group, in key order (the order every writer takes these row locks in). Returns
 /// the limit checks the groups need.
 pub(super) fn apply_many(
+    store: &mut Store,
     client: &mut SpiClient<'_>,
     changes: &Changes,
     rows: i64,
@@ -187,7 +186,7 @@ pub(super) fn apply_many(
             .map(Group::from_row)
             .collect()
     } else {
-        groups_by_arrays(client, changes)
+        groups_by_arrays(store, client, changes)
     };
     let plans: Vec<(String, pgrx::Uuid, i32)> = run_cached(client, changes.plans, &[], &[])
         .map(|row| (get(&row, 1), get(&row, 2), get(&row, 3)))
@@ -213,20 +212,21 @@ pub(super) fn apply_many(
                 match raised.remove(&(group.user_id.clone(), group.period_start.into_inner())) {
                     Some(used) => used,
                     None => {
-                        let change = rows::UsageChange {
+                        let change = UsageChange {
                             practice,
                             assessments,
                             started: None,
                             reservations_wanted: false,
                         };
-                        raise(
-                            client,
-                            &group.user_id,
-                            group.period_start,
-                            group.period_end,
-                            &change,
-                        )
-                        .used
+                        store
+                            .raise(
+                                client,
+                                &group.user_id,
+                                group.period_start,
+                                group.period_end,
+                                &change,
+                            )
+                            .used
                     }
                 };
             for counter in [Counter::PracticeSessions, Counter::Assessments] {
@@ -248,7 +248,7 @@ pub(super) fn apply_many(
                 }
             }
         } else if group.lowers() {
-            lower(
+            store.lower(
                 client,
                 &group.user_id,
                 group.period_start,
@@ -258,7 +258,7 @@ pub(super) fn apply_many(
         }
     }
     for (user, plan, delta) in plans {
-        change_plan(client, user, plan, delta);
+        store.change_plan(client, user, plan, delta);
     }
     checks
 }
@@ -266,7 +266,11 @@ pub(super) fn apply_many(
 /// The groups of a statement from its transition tables alone, the users'
 /// subscriptions and the kinds passed in as arrays (where tally's tables are
 /// distributed).
-pub(super) fn groups_by_arrays(client: &mut SpiClient<'_>, changes: &Changes) -> Vec<Group> {
+pub(super) fn groups_by_arrays(
+    store: &mut Store,
+    client: &mut SpiClient<'_>,
+    changes: &Changes,
+) -> Vec<Group> {
     let users: Vec<String> = run_cached(client, changes.users, &[], &[])
         .map(|row| get(&row, 1))
         .collect();
@@ -274,7 +278,7 @@ pub(super) fn groups_by_arrays(client: &mut SpiClient<'_>, changes: &Changes) ->
     // Routed statements: tally's tables are not this node's own here.
     let mut subscriptions = HashMap::new();
     for user in users {
-        if let Some(found) = subscription(client, None, &user) {
+        if let Some(found) = store.subscription(client, &user) {
             subscriptions.insert(user, found);
         }
     }

@@ -1,6 +1,6 @@
 //! The single-row path (the API's and every ORM's): the changed row read with its
-//! subscription and kind, by key where tally's tables are this node's own
-//! (crate::store::rows), through SPI elsewhere, and applied in Rust.
+//! subscription and kind from the data seam (crate::store::Store), and applied in
+//! Rust.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -8,24 +8,9 @@ use pgrx::spi::SpiClient;
 
 use crate::counting::limits::LimitCheck;
 use crate::domain::meter::Counter;
+use crate::domain::reservation::reservation_cutoff;
 use crate::pg::settings;
-use crate::pg::spi::{get, get_nullable, run_cached, TEXT};
-use crate::store::rows;
-
-use super::usage_write::{change_plan, lower, raise};
-
-/// The single changed row of a statement, read through SPI where tally's tables are
-/// not this node's own (else it is read directly, crate::store::heap).
-macro_rules! one_row_sql {
-    ($table:literal) => {
-        concat!(
-            "SELECT user_id, kind, status, started_at, learning_plan_id, session_id,
-                    status = 'started' AND started_at <= now() - tally.reservation_timeout()
-               FROM ",
-            $table
-        )
-    };
-}
+use crate::store::{Store, UsageChange};
 
 /// The transition table a single-row path reads.
 #[derive(Clone, Copy)]
@@ -33,31 +18,6 @@ pub(super) enum Transition {
     New,
     Old,
 }
-
-impl Transition {
-    fn sql(self) -> &'static str {
-        match self {
-            Transition::New => one_row_sql!("tally_new"),
-            Transition::Old => one_row_sql!("tally_old"),
-        }
-    }
-
-    fn table(self, data: &pg_sys::TriggerData) -> *mut pg_sys::Tuplestorestate {
-        match self {
-            Transition::New => data.tg_newtable,
-            Transition::Old => data.tg_oldtable,
-        }
-    }
-}
-
-/// A user's subscription and plan, routed by user_id (plans is a reference table on
-/// Citus); read through SPI where tally's tables are not this node's own.
-pub(super) const SUBSCRIPTION_SQL: &str = "
-SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id
-  FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
- WHERE s.user_id = $1";
-
-pub(super) const COUNTER_SQL: &str = "SELECT counter FROM tally.session_kinds WHERE kind = $1";
 
 /// What counting needs to know of one session row.
 pub(super) struct RowFacts {
@@ -106,68 +66,18 @@ impl RowFacts {
     }
 }
 
-/// A user's subscription and plan; None when there is none (its deletion cascades
-/// to the user's rows).
-pub(super) fn subscription(
-    client: &mut SpiClient<'_>,
-    reads: Option<&rows::Tables>,
-    user_id: &str,
-) -> Option<rows::Subscription> {
-    if let Some(found) = reads.and_then(|reads| reads.subscription(user_id)) {
-        return found;
-    }
-    run_cached(client, SUBSCRIPTION_SQL, &[TEXT], &[user_id.into()])
-        .next()
-        .map(|row| rows::Subscription {
-            anchor: get(&row, 1),
-            period: get(&row, 2),
-            practice_limit: get_nullable(&row, 3),
-            assessments_limit: get_nullable(&row, 4),
-            plan_id: get(&row, 5),
-        })
-}
-
-/// The counter of a session kind.
-pub(super) fn counter(
-    client: &mut SpiClient<'_>,
-    reads: Option<&rows::Tables>,
-    kind: &str,
-) -> Counter {
-    if let Some(found) = reads.and_then(|reads| reads.counter(kind)) {
-        return found;
-    }
-    let row = run_cached(client, COUNTER_SQL, &[TEXT], &[kind.into()])
-        .next()
-        .expect("tally: a session's kind exists (foreign key)");
-    Counter::from_sql(&get::<String>(&row, 1))
-}
-
 /// The one row of a transition table, then its subscription and kind. None when the
 /// subscription is gone (the row is being deleted by its cascade).
 pub(super) fn one_row(
+    store: &mut Store,
     client: &mut SpiClient<'_>,
     data: &pg_sys::TriggerData,
     transition: Transition,
 ) -> Option<RowFacts> {
-    let reads = rows::Tables::here();
-    let row = match reads {
-        // Read directly, without the executor (crate::store::heap).
-        Some(_) => rows::transition_row(data.tg_relation, transition.table(data))?,
-        None => {
-            let row = run_cached(client, transition.sql(), &[], &[]).next()?;
-            rows::ChangedRow {
-                user_id: get(&row, 1),
-                kind: get(&row, 2),
-                status: get(&row, 3),
-                started_at: get(&row, 4),
-                learning_plan_id: get_nullable(&row, 5),
-                session_id: get(&row, 6),
-            }
-        }
-    };
-    let s = subscription(client, reads.as_ref(), &row.user_id)?;
-    let counter = counter(client, reads.as_ref(), &row.kind);
-    let expired = row.status == "started" && row.started_at <= rows::reservation_cutoff();
+    let row = store.changed_row(client, data, matches!(transition, Transition::New))?;
+    let s = store.subscription(client, &row.user_id)?;
+    let counter = store.counter(client, &row.kind);
+    let expired = row.status == "started" && row.started_at <= reservation_cutoff();
     Some(RowFacts {
         user_id: row.user_id,
         status: row.status,
@@ -189,6 +99,7 @@ pub(super) fn one_row(
 /// being deleted has neither). Returns the limit check an inserted row needs and the
 /// usage row it raised.
 pub(super) fn apply_one(
+    store: &mut Store,
     client: &mut SpiClient<'_>,
     old: Option<&RowFacts>,
     new: Option<&RowFacts>,
@@ -217,13 +128,13 @@ pub(super) fn apply_one(
             } else {
                 -i32::from(old.is_some_and(|o| o.status == "started"))
             };
-            let change = rows::UsageChange {
+            let change = UsageChange {
                 practice,
                 assessments,
                 started: Some(started),
                 reservations_wanted: limit.is_some(),
             };
-            let written = raise(client, &facts.user_id, start, end, &change);
+            let written = store.raise(client, &facts.user_id, start, end, &change);
             let (practice_used, assessments_used) = written.used;
             let used = facts.counter.of(practice_used, assessments_used);
             usage = Some(UsageAfter {
@@ -248,7 +159,7 @@ pub(super) fn apply_one(
                 });
             }
         } else if sign < 0 {
-            lower(client, &facts.user_id, start, practice, assessments);
+            store.lower(client, &facts.user_id, start, practice, assessments);
         }
     }
 
@@ -262,7 +173,7 @@ pub(super) fn apply_one(
     let changes = [plan_change(old, -1), plan_change(new, 1)];
     let cancel_out = matches!(&changes, [Some((_, a, _)), Some((_, b, _))] if a == b);
     for (user, plan, delta) in changes.into_iter().flatten().filter(|_| !cancel_out) {
-        change_plan(client, user, plan, delta);
+        store.change_plan(client, user, plan, delta);
     }
     Applied {
         checks,

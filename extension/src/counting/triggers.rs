@@ -13,6 +13,7 @@ use crate::entry::errors::{entry, TallyResult};
 use crate::pg::privilege::AsExtensionOwner;
 use crate::pg::spi::register_transition_tables;
 use crate::pg::write_mark::InternalWrite;
+use crate::store::Store;
 
 use super::set_based::{apply_many, Changes, DELETED, INSERTED, UPDATED};
 use super::single_row::{apply_one, one_row, Transition};
@@ -36,10 +37,11 @@ pub(super) fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum
     let single = rows_in(trigger.trigger_data().tg_newtable) == 1;
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
+        let mut store = Store::open();
         if single {
-            let row = one_row(client, trigger.trigger_data(), Transition::New);
-            let applied = apply_one(client, None, row.as_ref());
-            let in_progress = check_limits(client, &applied.checks)?;
+            let row = one_row(&mut store, client, trigger.trigger_data(), Transition::New);
+            let applied = apply_one(&mut store, client, None, row.as_ref());
+            let in_progress = check_limits(&mut store, client, &applied.checks)?;
             if let (Some(facts), Some(usage)) = (row, applied.usage) {
                 remember(Some(Counted {
                     command_id: command_id(),
@@ -59,8 +61,8 @@ pub(super) fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum
             Ok(())
         } else {
             let rows = rows_in(trigger.trigger_data().tg_newtable);
-            let checks = apply_many(client, &INSERTED, rows);
-            check_limits(client, &checks).map(|_| ())
+            let checks = apply_many(&mut store, client, &INSERTED, rows);
+            check_limits(&mut store, client, &checks).map(|_| ())
         }
     })?;
     Ok(pg_sys::Datum::null())
@@ -109,24 +111,25 @@ pub(super) fn apply_delta(
     remember(None);
     Spi::connect_mut(|client| {
         register_transition_tables(trigger);
+        let mut store = Store::open();
         let checks = match single {
             Some((has_old, has_new)) => {
                 let data = trigger.trigger_data();
                 let old = has_old
-                    .then(|| one_row(client, data, Transition::Old))
+                    .then(|| one_row(&mut store, client, data, Transition::Old))
                     .flatten();
                 let new = has_new
-                    .then(|| one_row(client, data, Transition::New))
+                    .then(|| one_row(&mut store, client, data, Transition::New))
                     .flatten();
-                apply_one(client, old.as_ref(), new.as_ref()).checks
+                apply_one(&mut store, client, old.as_ref(), new.as_ref()).checks
             }
             None => {
                 let data = trigger.trigger_data();
                 let rows = rows_in(data.tg_newtable).max(rows_in(data.tg_oldtable));
-                apply_many(client, changes, rows)
+                apply_many(&mut store, client, changes, rows)
             }
         };
-        check_limits(client, &checks).map(|_| ())
+        check_limits(&mut store, client, &checks).map(|_| ())
     })?;
     Ok(pg_sys::Datum::null())
 }

@@ -3,3 +3,4 @@
 
 pub(crate) mod meter;
 pub(crate) mod period;
+pub(crate) mod reservation;

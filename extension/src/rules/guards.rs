@@ -180,13 +180,13 @@ fn session_kinds_check_counter(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::D
         && column::<String>(&new, "counter").as_deref() != Some("none");
     if starts_counting
         && !citus::on_shard(relation, c"session_kinds")
-        && crate::store::rows::usage_keeps_started_bound()
+        && crate::store::usage_keeps_started_bound()
         && any_session("started")
     {
         let _internal = write_mark::InternalWrite::begin();
         Spi::run("LOCK TABLE tally.usage IN SHARE MODE")
             .unwrap_or_else(|e| panic!("tally: cannot lock tally.usage: {e}"));
-        crate::counting::usage_write::forget_started_bounds();
+        crate::store::sql::forget_started_bounds();
     }
     Ok(pg_sys::Datum::from(trigger.trigger_data().tg_newtuple))
 }

@@ -295,7 +295,7 @@ pub fn repair() -> i64 {
         // Sessions written while counting was off may be started ones the bounds
         // never saw (a distributed tally keeps none).
         if !distributed {
-            crate::counting::usage_write::forget_started_bounds();
+            crate::store::sql::forget_started_bounds();
         }
         fixed
     })

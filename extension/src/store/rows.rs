@@ -12,6 +12,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::domain::meter::Counter;
+use crate::domain::reservation::reservation_cutoff;
 use crate::store::catalog_cache;
 
 use crate::store::heap::{column_of, serves_here, Key, Slot, StatementSnapshot, Table};
@@ -314,21 +315,6 @@ fn counter_of(kinds: &Table, kind: &str, snapshot: &StatementSnapshot) -> Option
     kinds
         .by_text_key("kind", kind, snapshot, |row| row.get::<String>(column))??
         .map(|counter| Counter::from_sql(&counter))
-}
-
-/// `now() - tally.reservation_timeout()`: started sessions from before it no longer
-/// hold a reservation.
-pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
-    let now: TimestampWithTimeZone = pgrx::datetime::now();
-    let timeout = crate::pg::settings::reservation_timeout();
-    // SAFETY: timestamptz - interval, as the SQL operator (session time zone included).
-    unsafe {
-        pgrx::direct_function_call::<TimestampWithTimeZone>(
-            pg_sys::timestamptz_mi_interval,
-            &[now.into_datum(), timeout.into_datum()],
-        )
-    }
-    .expect("timestamptz - interval is not NULL")
 }
 
 /// Whether tally.usage here keeps `started_bound` (one node, not a shard): a write to

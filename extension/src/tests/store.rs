@@ -70,7 +70,7 @@ mod tests {
         .unwrap();
         let (start, end) = (start.unwrap(), end.unwrap());
         let by_sql = Spi::get_two_with_args::<i32, i32>(
-            crate::counting::limits::RESERVATIONS_SQL,
+            crate::store::sql::RESERVATIONS_SQL,
             &[String::from("kamile").into(), start.into(), end.into()],
         )
         .unwrap();
@@ -79,7 +79,7 @@ mod tests {
                 "kamile",
                 start,
                 end,
-                crate::store::rows::reservation_cutoff(),
+                crate::domain::reservation::reservation_cutoff(),
             )
         });
         // Two practice sessions (the 3-hour-old one has expired), one assessment; the

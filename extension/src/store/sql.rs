@@ -1,10 +1,14 @@
-//! The counter write through SQL: the upserts that raise a usage row, the update that
-//! lowers one, and a learning plan's completed sessions.
+//! The SQL backend of the data seam, and its reference: every read and write of
+//! `store::Store` as an SPI statement (routed by `user_id` on Citus, where tally's
+//! tables are not this node's own), and the set-based path's batched upsert.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::pg::spi::{get, run_cached, run_cached_as_planned, INT4, TEXT, TIMESTAMPTZ, UUID};
+use crate::domain::meter::Counter;
+use crate::pg::spi::{
+    get, get_nullable, run_cached, run_cached_as_planned, INT4, TEXT, TIMESTAMPTZ, UUID,
+};
 use crate::store::rows;
 
 /// The counter upsert of one (user, period). Where tally.usage has `started_bound`
@@ -50,9 +54,9 @@ RETURNING user_id, period_start, practice_sessions_used, assessments_used
 
 /// The upserts (raise_one_sql!, raise_many_sql!) for a usage table with or without
 /// `started_bound`.
-pub(super) struct Upserts {
-    pub(super) one: &'static str,
-    pub(super) many: &'static str,
+pub(crate) struct Upserts {
+    pub(crate) one: &'static str,
+    pub(crate) many: &'static str,
 }
 
 pub(super) const UPSERTS_CLEARING_BOUND: Upserts = Upserts {
@@ -65,7 +69,7 @@ pub(super) const UPSERTS: Upserts = Upserts {
     many: raise_many_sql!(""),
 };
 
-pub(super) fn upserts() -> &'static Upserts {
+pub(crate) fn upserts() -> &'static Upserts {
     if rows::usage_keeps_started_bound() {
         &UPSERTS_CLEARING_BOUND
     } else {
@@ -97,19 +101,14 @@ pub(crate) fn forget_started_bounds() {
 }
 
 /// Adds to a usage row, creating it if needed; the write takes the row lock that
-/// serializes limit checks. An existing row is updated by key without the executor
-/// where that means the same (crate::store::rows::add_to_usage), else the upsert runs.
-/// Returns the counters after the write, and the reservations when known.
-pub(super) fn raise(
+/// serializes limit checks. Returns the counters after the write.
+pub(crate) fn raise(
     client: &mut SpiClient<'_>,
     user_id: &str,
     start: TimestampWithTimeZone,
     end: TimestampWithTimeZone,
     change: &rows::UsageChange,
 ) -> rows::UsageWritten {
-    if let Some(written) = rows::add_to_usage(user_id, start, end, change) {
-        return written;
-    }
     let row = run_cached_as_planned(
         client,
         upserts().one,
@@ -131,7 +130,7 @@ pub(super) fn raise(
 }
 
 /// Subtracts from a usage row, which exists: the sessions it counted did.
-pub(super) fn lower(
+pub(crate) fn lower(
     client: &mut SpiClient<'_>,
     user_id: &str,
     start: TimestampWithTimeZone,
@@ -151,7 +150,7 @@ pub(super) fn lower(
     );
 }
 
-pub(super) fn change_plan(
+pub(crate) fn change_plan(
     client: &mut SpiClient<'_>,
     user_id: String,
     plan: pgrx::Uuid,
@@ -163,4 +162,97 @@ pub(super) fn change_plan(
         &[TEXT, UUID, INT4],
         &[user_id.into(), plan.into(), delta.into()],
     );
+}
+
+/// The single changed row of a statement, from its transition table.
+macro_rules! changed_row_sql {
+    ($table:literal) => {
+        concat!(
+            "SELECT user_id, kind, status, started_at, learning_plan_id, session_id FROM ",
+            $table
+        )
+    };
+}
+
+/// The one row of transition table `tally_new` (`new`) or `tally_old`.
+pub(crate) fn changed_row(client: &mut SpiClient<'_>, new: bool) -> Option<rows::ChangedRow> {
+    let sql = if new {
+        changed_row_sql!("tally_new")
+    } else {
+        changed_row_sql!("tally_old")
+    };
+    let row = run_cached(client, sql, &[], &[]).next()?;
+    Some(rows::ChangedRow {
+        user_id: get(&row, 1),
+        kind: get(&row, 2),
+        status: get(&row, 3),
+        started_at: get(&row, 4),
+        learning_plan_id: get_nullable(&row, 5),
+        session_id: get(&row, 6),
+    })
+}
+
+/// A user's subscription and plan, routed by user_id (plans is a reference table on
+/// Citus).
+const SUBSCRIPTION_SQL: &str = "
+SELECT s.period_anchor, p.period, p.practice_sessions_limit, p.assessments_limit, s.plan_id
+  FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
+ WHERE s.user_id = $1";
+
+/// The subscription of `user_id` and its plan; None when there is none.
+pub(crate) fn subscription(
+    client: &mut SpiClient<'_>,
+    user_id: &str,
+) -> Option<rows::Subscription> {
+    run_cached(client, SUBSCRIPTION_SQL, &[TEXT], &[user_id.into()])
+        .next()
+        .map(|row| rows::Subscription {
+            anchor: get(&row, 1),
+            period: get(&row, 2),
+            practice_limit: get_nullable(&row, 3),
+            assessments_limit: get_nullable(&row, 4),
+            plan_id: get(&row, 5),
+        })
+}
+
+const COUNTER_SQL: &str = "SELECT counter FROM tally.session_kinds WHERE kind = $1";
+
+/// The counter of session kind `kind`, which exists (the session's foreign key).
+pub(crate) fn counter(client: &mut SpiClient<'_>, kind: &str) -> Counter {
+    let row = run_cached(client, COUNTER_SQL, &[TEXT], &[kind.into()])
+        .next()
+        .expect("tally: a session's kind exists (foreign key)");
+    Counter::from_sql(&get::<String>(&row, 1))
+}
+
+/// Started sessions still holding a reservation in one (user, period), per counter
+/// (practice, assessments): the same index range either way, and the usage document
+/// needs both. A separate statement so that its snapshot is taken after the usage row
+/// lock; scalar parameters so that its plan is prepared once.
+pub(crate) const RESERVATIONS_SQL: &str = r#"
+SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
+       count(*) FILTER (WHERE k.counter = 'assessments')::int
+  FROM tally.sessions x
+  JOIN tally.session_kinds k ON k.kind = x.kind
+ WHERE x.user_id = $1 AND x.status = 'started'
+   AND x.started_at >= $2 AND x.started_at < $3
+   AND x.started_at > now() - tally.reservation_timeout()
+"#;
+
+/// The reservations in one (user, period): (practice, assessments).
+pub(crate) fn reservations(
+    client: &mut SpiClient<'_>,
+    user_id: &str,
+    start: TimestampWithTimeZone,
+    end: TimestampWithTimeZone,
+) -> (i32, i32) {
+    let row = run_cached(
+        client,
+        RESERVATIONS_SQL,
+        &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+        &[user_id.into(), start.into(), end.into()],
+    )
+    .next()
+    .expect("a count returns a row");
+    (get(&row, 1), get(&row, 2))
 }
