@@ -73,7 +73,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
     {
         pg::write_mark::reset();
         citus::reset();
-        counting::limits::IndexOnlyPlanning::reset();
+        pg::planning::IndexOnlyPlanning::reset();
     }
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT || event == pg_sys::XactEvent::XACT_EVENT_COMMIT
     {
@@ -110,6 +110,7 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
     citus::guard_session_settings();
     pg::expressions::install();
+    store::watch_invalidations();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

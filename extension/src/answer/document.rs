@@ -17,7 +17,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::answer::last_insert::{take_counted, Counted};
-use crate::counting::limits::IndexOnlyPlanning;
+use crate::pg::planning::IndexOnlyPlanning;
 use crate::pg::privilege::{AsExtensionOwner, CatalogSearchPath};
 use crate::pg::spi::{run_cached, TEXT};
 use crate::store::Store;

@@ -2,9 +2,6 @@
 //! it added metered sessions to is checked against the plan's limit, reservations
 //! of started sessions included, and the statement is refused whole with TL001.
 
-use std::ffi::CStr;
-
-use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -33,78 +30,6 @@ pub(crate) struct LimitCheck {
     /// write knew them under the row lock (crate::store::rows::add_to_usage); counted here
     /// otherwise.
     pub in_progress: Option<(i32, i32)>,
-}
-
-/// How tally's own statements are planned while alive, undone at drop (or by
-/// PostgreSQL at abort): `enable_seqscan = off`, and with `generic`,
-/// `plan_cache_mode = force_generic_plan`.
-///
-/// They are key lookups in indexes, their plans cached for the life of the
-/// connection. A plan made while the tables are empty (a fresh install, a test) would
-/// otherwise be a sequential scan kept as they grow. And the plan cache would
-/// otherwise weigh a custom plan against the generic one at every execution, and plan
-/// each execution anew whenever it prefers custom; `generic` is only for statements
-/// on PostgreSQL tables of this node (Citus plans a distributed query from the
-/// parameters' values).
-///
-/// The settings are made when the first statement that needs them runs
-/// (`IndexOnlyPlanning::apply`, called by crate::pg::spi::run_cached): a counting call
-/// whose only statement is the counter upsert, which scans nothing, makes none.
-pub(crate) struct IndexOnlyPlanning(());
-
-thread_local! {
-    /// The plannings alive, innermost last: (generic, the GUC nest level once applied).
-    static PLANNING: std::cell::RefCell<Vec<(bool, Option<std::os::raw::c_int>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl IndexOnlyPlanning {
-    pub(crate) fn begin(generic: bool) -> Self {
-        PLANNING.with(|p| p.borrow_mut().push((generic, None)));
-        IndexOnlyPlanning(())
-    }
-
-    /// Makes the innermost planning's settings, once.
-    pub(crate) fn apply() {
-        let pending = PLANNING.with(|p| match p.borrow().last() {
-            Some((generic, None)) => Some(*generic),
-            _ => None,
-        });
-        let Some(generic) = pending else { return };
-        let settings: &[(&CStr, &CStr)] = if generic {
-            &[
-                (c"enable_seqscan", c"off"),
-                (c"plan_cache_mode", c"force_generic_plan"),
-            ]
-        } else {
-            &[(c"enable_seqscan", c"off")]
-        };
-        let level = crate::pg::spi::settings_level(settings);
-        PLANNING.with(|p| {
-            if let Some(last) = p.borrow_mut().last_mut() {
-                last.1 = Some(level);
-            }
-        });
-    }
-
-    /// Forgets every planning (the transaction aborted; PostgreSQL undid the settings).
-    pub(crate) fn reset() {
-        PLANNING.with(|p| p.borrow_mut().clear());
-    }
-}
-
-impl Drop for IndexOnlyPlanning {
-    fn drop(&mut self) {
-        let popped = PLANNING.with(|p| p.borrow_mut().pop());
-        // Unwinding from an error: the (sub)transaction's abort closes the level.
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some((_, Some(level))) = popped {
-            // SAFETY: closes the nest level opened in apply().
-            unsafe { pg_sys::AtEOXact_GUC(true, level) };
-        }
-    }
 }
 
 /// Refuses the statement if any (user, period, counter) it added to is now past its

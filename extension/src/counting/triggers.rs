@@ -7,9 +7,11 @@ use pgrx::{pg_sys, PgTrigger};
 
 use crate::answer::last_insert::{command_id, remember, Counted};
 use crate::citus::ShardTables;
-use crate::counting::limits::{check_limits, IndexOnlyPlanning};
+use crate::counting::limits::check_limits;
 use crate::entry::binding::{on, Level::*, Timing::*, DELETE, INSERT, UPDATE};
-use crate::entry::errors::{entry, TallyResult};
+use crate::entry::entry;
+use crate::entry::errors::TallyResult;
+use crate::pg::planning::IndexOnlyPlanning;
 use crate::pg::privilege::AsExtensionOwner;
 use crate::pg::spi::register_transition_tables;
 use crate::pg::write_mark::InternalWrite;

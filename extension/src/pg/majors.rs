@@ -37,7 +37,7 @@ pub(crate) fn push_catalog_search_path() -> SearchPathToken {
 
 #[cfg(feature = "pg18")]
 pub(crate) fn push_catalog_search_path() -> SearchPathToken {
-    SearchPathToken(crate::pg::spi::settings_level(&[(
+    SearchPathToken(crate::pg::guc::settings_level(&[(
         c"search_path",
         c"pg_catalog, pg_temp",
     )]))

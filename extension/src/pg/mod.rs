@@ -3,7 +3,9 @@
 //! writes, and the per-connection build of `tally.sessions`' constraints.
 
 pub(crate) mod expressions;
+pub(crate) mod guc;
 pub(crate) mod majors;
+pub(crate) mod planning;
 pub(crate) mod privilege;
 pub(crate) mod settings;
 pub(crate) mod spi;

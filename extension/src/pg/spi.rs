@@ -3,8 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CStr;
-use std::os::raw::c_int;
 use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
@@ -17,7 +15,7 @@ thread_local! {
 }
 
 /// Runs `sql` through a plan prepared once per backend, planned for index lookups
-/// (crate::counting::limits::IndexOnlyPlanning). The plan cache re-plans by itself when the
+/// (crate::pg::planning::IndexOnlyPlanning). The plan cache re-plans by itself when the
 /// tables change. In a trigger on a Citus shard, `sql` names the co-located shards
 /// instead of tally's tables (crate::citus::ShardTables).
 pub(crate) fn run_cached<'conn>(
@@ -26,7 +24,7 @@ pub(crate) fn run_cached<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> SpiTupleTable<'conn> {
-    crate::counting::limits::IndexOnlyPlanning::apply();
+    crate::pg::planning::IndexOnlyPlanning::apply();
     run_cached_as_planned(client, sql, types, args)
 }
 
@@ -43,34 +41,12 @@ pub(crate) fn run_cached_for_bulk<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
 ) -> SpiTupleTable<'conn> {
-    let level = settings_level(&[(c"enable_sort", c"off"), (c"jit", c"off")]);
+    let level = crate::pg::guc::settings_level(&[(c"enable_sort", c"off"), (c"jit", c"off")]);
     let table = run_cached_as_planned(client, sql, &[], &[]);
     // SAFETY: closes the nest level opened above; the statement has run (SPI keeps
     // its rows), and an error before this point has PostgreSQL undo the level.
     unsafe { pg_sys::AtEOXact_GUC(true, level) };
     table
-}
-
-/// Makes `settings` in a new GUC nest level, as a function's SET clause does, and
-/// returns the level, which the caller closes with `AtEOXact_GUC(true, level)`.
-pub(crate) fn settings_level(settings: &[(&CStr, &CStr)]) -> c_int {
-    // SAFETY: local GUC changes inside a nest level.
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        for (name, value) in settings {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        level
-    }
 }
 
 /// run_cached without IndexOnlyPlanning's settings: for a statement that scans no

@@ -7,7 +7,8 @@ use pgrx::{pg_sys, PgTrigger};
 
 use crate::citus;
 use crate::entry::binding::{on, Level::*, Timing::*, DELETE, UPDATE};
-use crate::entry::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::entry::entry;
+use crate::entry::errors::{TallyCode, TallyError, TallyResult};
 use crate::pg::spi::get;
 use crate::pg::write_mark::InternalWrite;
 use crate::rules::sessions::column;

@@ -6,7 +6,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger, WhoAllocated};
 
 use crate::entry::binding::{on, Level::*, Timing::*, INSERT, TRUNCATE, UPDATE};
-use crate::entry::errors::{entry, TallyCode, TallyError, TallyResult};
+use crate::entry::entry;
+use crate::entry::errors::{TallyCode, TallyError, TallyResult};
 use crate::store::heap::column_of;
 
 pub fn column<T>(row: &PgHeapTuple<'_, impl WhoAllocated>, name: &str) -> Option<T>

@@ -50,7 +50,8 @@ use pgrx::{pg_sys, PgTrigger};
 
 use crate::domain::meter::Counter;
 use crate::entry::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
-use crate::entry::errors::{entry, TallyResult};
+use crate::entry::entry;
+use crate::entry::errors::TallyResult;
 
 /// What counting needs of a plan.
 #[derive(Clone, Copy)]
@@ -77,9 +78,8 @@ pub(crate) struct Generation(u64);
 
 impl Generation {
     pub(crate) fn now() -> Generation {
-        // Before the count is read: an invalidation processed unwatched would not
-        // be counted.
-        crate::store::heap::watch_relcache();
+        // The relcache callback that counts invalidations is registered when the
+        // library is loaded (crate::store::watch_invalidations), so none goes uncounted.
         Generation(INVALIDATIONS.with(Cell::get))
     }
 
@@ -89,7 +89,7 @@ impl Generation {
     }
 }
 
-/// Forgets everything kept (crate::store::heap's relcache callback calls it).
+/// Forgets everything kept (crate::store's relcache callback calls it).
 pub(crate) fn forget() {
     INVALIDATIONS.with(|n| n.set(n.get() + 1));
     PLANS.with(|plans| plans.borrow_mut().clear());

@@ -27,7 +27,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::citus::ShardTables;
-use crate::store::catalog_cache;
 
 /// A snapshot as a new SPI statement takes it, registered until dropped.
 pub(crate) struct StatementSnapshot(pub(super) pg_sys::Snapshot);
@@ -113,25 +112,14 @@ thread_local! {
     /// processed when the table is next locked, before the kept OIDs are used.
     static RESOLVED: std::cell::RefCell<std::collections::HashMap<String, Resolved>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
-    static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Registers, once per backend, the one relcache callback that empties what is
-/// kept by table: RESOLVED here, and the plans and kinds of crate::store::catalog_cache (which
-/// are kept only while RESOLVED says their table carries its forget trigger, so
-/// they go when that table's entry goes).
-pub(crate) fn watch_relcache() {
-    if !WATCHING.with(|w| w.replace(true)) {
-        // SAFETY: registers a callback that only empties caches.
-        unsafe {
-            pg_sys::CacheRegisterRelcacheCallback(Some(forget_resolved), pg_sys::Datum::from(0))
-        };
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_resolved(_arg: pg_sys::Datum, relation: pg_sys::Oid) {
-    // InvalidOid: every relation (an overflowed queue, a publication for all tables).
+/// Forgets the tables resolved from `relation` (InvalidOid: every relation, after an
+/// overflowed queue or a publication for all tables), and the table or index kept
+/// with them. True when plans or kinds kept by crate::store::catalog_cache came from one of
+/// them (or from any table): they are kept only while their table's entry here says
+/// it carries its forget trigger, so they go with it.
+pub(super) fn forget_resolved(relation: pg_sys::Oid) -> bool {
     let every = relation == pg_sys::InvalidOid;
     let mut kept_from = false;
     RESOLVED.with(|resolved| {
@@ -144,9 +132,7 @@ unsafe extern "C-unwind" fn forget_resolved(_arg: pg_sys::Datum, relation: pg_sy
             !hit
         })
     });
-    if every || kept_from {
-        catalog_cache::forget();
-    }
+    every || kept_from
 }
 
 /// The names of the tables kept resolved (the tests' view of RESOLVED).
@@ -190,7 +176,6 @@ impl Table {
             }
         }
         let table = Self::find(name, &local, lock)?;
-        watch_relcache();
         RESOLVED.with(|resolved| resolved.borrow_mut().insert(local.to_string(), table.found));
         Some(table)
     }

@@ -159,6 +159,22 @@ impl Store {
     }
 }
 
+/// Registers the one relcache callback of the data seam, when the library is loaded
+/// (`_PG_init`): it empties what is kept by table, the tables `heap` resolved and,
+/// with them, the plans and kinds of `catalog_cache`. Registered once, before anything
+/// is kept, so no invalidation goes unseen.
+pub(crate) fn watch_invalidations() {
+    // SAFETY: registers, once per process, a callback that only empties caches.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relation: pg_sys::Oid) {
+    if heap::forget_resolved(relation) {
+        catalog_cache::forget();
+    }
+}
+
 /// Whether tally.usage here keeps `started_bound` (one node, not a shard): a write to
 /// it through SQL must then make the bound unknown.
 pub(crate) fn usage_keeps_started_bound() -> bool {
