@@ -248,17 +248,29 @@ orphaned_records() {
 # docs/citus.md's procedure for removing a node: drain it, drop the placements the
 # drain left behind on it (a move only marks its source for a deferred drop, and
 # Citus drops those only on nodes still in the cluster), then remove it.
-drain_and_remove() {
-    local node_port=$1 i left="" mode=${2:+", shard_transfer_mode => '$2'"}
-    bounded "draining the node at port $node_port" -c "SELECT citus_drain_node('127.0.0.1', $node_port$mode)"
+# Every record of placements still to be dropped.
+all_pending() {
+    q "$port" -c "SELECT count(*) FROM pg_dist_cleanup"
+}
+# cleanup_until_dropped WHAT COUNT...: citus_cleanup_orphaned_resources() until the
+# command COUNT... prints 0 (60 times at most, a second apart; each skips a placement
+# a statement still locks).
+cleanup_until_dropped() {
+    local what=$1 i left=""
+    shift
     for i in $(seq 60); do
         q "$port" -c "SET client_min_messages = warning" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
-        left=$(pending_on "$node_port")
-        [ "$left" = 0 ] && break
+        left=$("$@")
+        [ "$left" = 0 ] && return 0
         sleep 1
     done
-    [ "$left" = 0 ] || fail "the drained node at port $node_port still has $left placements to drop after 60 cleanups
+    fail "$what: $left placements still to drop after 60 cleanups
 $(citus_pending)"
+}
+drain_and_remove() {
+    local node_port=$1 mode=${2:+", shard_transfer_mode => '$2'"}
+    bounded "draining the node at port $node_port" -c "SELECT citus_drain_node('127.0.0.1', $node_port$mode)"
+    cleanup_until_dropped "the drained node at port $node_port" pending_on "$node_port"
     q "$port" -c "SELECT citus_remove_node('127.0.0.1', $node_port)" >/dev/null
     [ "$(orphaned_records)" = 0 ] || fail "removing the node at port $node_port left cleanup records no node will run
 $(citus_pending)"
@@ -288,15 +300,7 @@ move_again() {
 # moves (docs/citus.md): until then a statement over every shard (the checks below)
 # can close a lock cycle with Citus's background drop and be cancelled with 40P01.
 drop_moved_placements() {
-    local i left=""
-    for i in $(seq 60); do
-        q "$port" -c "SET client_min_messages = warning" -c "CALL citus_cleanup_orphaned_resources()" >/dev/null
-        left=$(q "$port" -c "SELECT count(*) FROM pg_dist_cleanup")
-        [ "$left" = 0 ] && return 0
-        sleep 1
-    done
-    fail "$1: $left placements still to drop after 60 cleanups
-$(citus_pending)"
+    cleanup_until_dropped "$1" all_pending
 }
 
 # 1. A fresh node joins; shards move onto it while the writers run.
