@@ -17,12 +17,13 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::answer::last_insert::{take_counted, Counted};
+use crate::domain::meter::PerSlot;
 use crate::pg::planning::IndexOnlyPlanning;
 use crate::pg::privilege::{AsExtensionOwner, CatalogSearchPath};
 use crate::pg::spi::{run_cached, TEXT};
 use crate::store::Store;
 
-/// One counter of the document.
+/// One meter of the document.
 struct CounterFigures {
     used: Option<i32>,
     limit: Option<i32>,
@@ -35,8 +36,8 @@ struct UsageDocument<'a> {
     plan_id: Option<&'a str>,
     period_start: Option<TimestampWithTimeZone>,
     period_end: Option<TimestampWithTimeZone>,
-    practice_sessions: CounterFigures,
-    assessments: CounterFigures,
+    /// Each meter slot's figures, under its meter's name.
+    meters: PerSlot<CounterFigures>,
     /// The list from `tally.learning_plan_lists` (JSON); None when the user has no
     /// plans.
     learning_plans: Option<&'a str>,
@@ -56,11 +57,8 @@ impl UsageDocument<'_> {
         out.timestamptz(self.period_start);
         out.key("period_end", false);
         out.timestamptz(self.period_end);
-        for (name, counter) in [
-            ("practice_sessions", &self.practice_sessions),
-            ("assessments", &self.assessments),
-        ] {
-            out.key(name, false);
+        for (slot, counter) in self.meters.iter() {
+            out.key(slot.meter(), false);
             out.raw("{");
             out.key("used", true);
             out.int(counter.used);
@@ -271,16 +269,18 @@ fn build_usage_document(
             plan_id,
             period_start,
             period_end,
-            practice_sessions: CounterFigures {
-                used: practice_sessions_used,
-                limit: practice_sessions_limit,
-                remaining: practice_sessions_remaining,
-            },
-            assessments: CounterFigures {
-                used: assessments_used,
-                limit: assessments_limit,
-                remaining: assessments_remaining,
-            },
+            meters: PerSlot::new([
+                CounterFigures {
+                    used: practice_sessions_used,
+                    limit: practice_sessions_limit,
+                    remaining: practice_sessions_remaining,
+                },
+                CounterFigures {
+                    used: assessments_used,
+                    limit: assessments_limit,
+                    remaining: assessments_remaining,
+                },
+            ]),
             learning_plans,
         }
         .to_json(),
@@ -442,27 +442,21 @@ fn session_usage_document(user_id: &str, session_id: pgrx::Uuid) -> Option<Strin
 /// `tally.current_usage` does: limit - used - in progress, never below 0, and NULL
 /// when the plan has no limit.
 fn from_counts(counted: &Counted, learning_plans: Option<&str>) -> String {
-    let (practice_in_progress, assessments_in_progress) = counted.in_progress.unwrap_or((0, 0));
-    let figures = |used: i32, limit: Option<i32>, in_progress: i32| CounterFigures {
-        used: Some(used),
-        limit,
-        remaining: limit.map(|limit| (limit - used - in_progress).max(0)),
-    };
+    let in_progress = counted.in_progress.unwrap_or_default();
+    let meters = PerSlot::from_fn(|slot| {
+        let (used, limit) = (counted.used[slot], counted.limits[slot]);
+        CounterFigures {
+            used: Some(used),
+            limit,
+            remaining: limit.map(|limit| (limit - used - in_progress[slot]).max(0)),
+        }
+    });
     UsageDocument {
         user_id: Some(&counted.user_id),
         plan_id: Some(&counted.plan_id),
         period_start: Some(counted.period_start),
         period_end: Some(counted.period_end),
-        practice_sessions: figures(
-            counted.practice_used,
-            counted.practice_limit,
-            practice_in_progress,
-        ),
-        assessments: figures(
-            counted.assessments_used,
-            counted.assessments_limit,
-            assessments_in_progress,
-        ),
+        meters,
         learning_plans,
     }
     .to_json()
@@ -481,8 +475,7 @@ fn covers_document(counted: &Counted) -> bool {
     // so it is the current one exactly when it contains now().
     let now = pgrx::datetime::now().into_inner();
     let current = counted.period_start.into_inner() <= now && now < counted.period_end.into_inner();
-    let needs_reservations =
-        counted.practice_limit.is_some() || counted.assessments_limit.is_some();
+    let needs_reservations = counted.limits.any(Option::is_some);
     current && (counted.in_progress.is_some() || !needs_reservations)
 }
 

@@ -6,6 +6,8 @@ use std::cell::RefCell;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::domain::meter::PerSlot;
+
 thread_local! {
     static LAST_COUNTED: RefCell<Option<Counted>> = const { RefCell::new(None) };
 }
@@ -24,12 +26,12 @@ pub(crate) struct Counted {
     pub plan_id: String,
     pub period_start: TimestampWithTimeZone,
     pub period_end: TimestampWithTimeZone,
-    pub practice_used: i32,
-    pub assessments_used: i32,
-    pub practice_limit: Option<i32>,
-    pub assessments_limit: Option<i32>,
-    /// Reservations (practice, assessments), when the limit check counted them.
-    pub in_progress: Option<(i32, i32)>,
+    /// Each meter slot after the write.
+    pub used: PerSlot<i32>,
+    /// The plan's limit of each slot.
+    pub limits: PerSlot<Option<i32>>,
+    /// Reservations per slot, when the limit check or the counter write counted them.
+    pub in_progress: Option<PerSlot<i32>>,
     /// Counted on a Citus shard: tally's tables under their own names are not the
     /// ones the trigger read.
     pub on_shard: bool,

@@ -1,20 +1,21 @@
-//! Plan limits: after the counter write of a statement, each (user, period, counter)
-//! it added metered sessions to is checked against the plan's limit, reservations
+//! Plan limits: after the counter write of a statement, each (user, period, meter
+//! slot) it added metered sessions to is checked against the plan's limit, reservations
 //! of started sessions included, and the statement is refused whole with TL001.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::domain::meter::Counter;
+use crate::domain::meter::{PerSlot, Slot};
 use crate::entry::errors::{TallyCode, TallyError, TallyResult};
 use crate::store::Store;
 
-/// A (user, period, counter) that this statement added metered sessions to, under a limit.
+/// A (user, period, meter slot) that this statement added metered sessions to, under
+/// a limit.
 pub(crate) struct LimitCheck {
     pub user_id: String,
     pub period_start: TimestampWithTimeZone,
     pub period_end: TimestampWithTimeZone,
-    pub counter: Counter,
+    pub slot: Slot,
     /// Completed sessions in the period after this statement.
     pub used: i32,
     /// How many of those this statement completed.
@@ -26,35 +27,34 @@ pub(crate) struct LimitCheck {
     /// New started sessions whose reservation expired at birth: they hold no slot
     /// (not in the reservation count) but each needs one free when inserted.
     pub unheld: i32,
-    /// The reservations in the period, (practice, assessments), when the counter
-    /// write knew them under the row lock (crate::store::rows::add_to_usage); counted here
-    /// otherwise.
-    pub in_progress: Option<(i32, i32)>,
+    /// The reservations in the period per slot, when the counter write knew them
+    /// under the row lock (crate::store::rows::add_to_usage); counted here otherwise.
+    pub in_progress: Option<PerSlot<i32>>,
 }
 
-/// Refuses the statement if any (user, period, counter) it added to is now past its
+/// Refuses the statement if any (user, period, slot) it added to is now past its
 /// limit once reservations are counted. For a single check, returns the reservations
-/// it counted in that user's period: (practice, assessments).
+/// it counted in that user's period, per slot.
 pub(crate) fn check_limits(
     store: &mut Store,
     client: &mut SpiClient<'_>,
     checks: &[LimitCheck],
-) -> TallyResult<Option<(i32, i32)>> {
-    let mut both = None;
+) -> TallyResult<Option<PerSlot<i32>>> {
+    let mut every_slot = None;
     let mut in_progress = Vec::with_capacity(checks.len());
     for check in checks {
         // Known when the counter write counted them under its row lock; else counted
         // now (on Citus, one routed count per check, each reading one user's shard).
-        let (practice, assessments) = match check.in_progress {
+        let held = match check.in_progress {
             Some(known) => known,
             None => {
                 store.reservations(client, &check.user_id, check.period_start, check.period_end)
             }
         };
         if checks.len() == 1 {
-            both = Some((practice, assessments));
+            every_slot = Some(held);
         }
-        in_progress.push(check.counter.of(practice, assessments));
+        in_progress.push(held[check.slot]);
     }
     for (check, in_progress) in checks.iter().zip(in_progress) {
         // Checked one by one, a started session whose reservation expired at birth
@@ -64,7 +64,7 @@ pub(crate) fn check_limits(
             return Err(quota_exceeded(check, in_progress));
         }
     }
-    Ok(both)
+    Ok(every_slot)
 }
 
 fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
@@ -78,14 +78,14 @@ fn quota_exceeded(check: &LimitCheck, in_progress: i32) -> TallyError {
             check.user_id,
             used_before,
             check.limit,
-            check.counter.as_str(),
+            check.slot.meter(),
             crate::format_timestamp(check.period_end)
         ),
     )
     // key=value pairs for clients to parse; user_id last because it may contain spaces
     .detail(format!(
         "counter={} used={} in_progress={} limit={} adding={} period_start={} period_end={} user_id={}",
-        check.counter.as_str(),
+        check.slot.meter(),
         used_before,
         in_progress_before,
         check.limit,

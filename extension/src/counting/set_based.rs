@@ -9,7 +9,7 @@ use pgrx::spi::SpiClient;
 
 use crate::citus::ShardTables;
 use crate::counting::limits::LimitCheck;
-use crate::domain::meter::Counter;
+use crate::domain::meter::{PerSlot, Slot};
 use crate::pg::settings;
 use crate::pg::spi::{
     get, get_nullable, run_cached, run_cached_as_planned, run_cached_for_bulk, INT4_ARRAY,
@@ -206,15 +206,13 @@ pub(super) fn apply_many(
     let enforce = settings::enforce_limits();
     let mut checks = Vec::new();
     for group in groups {
-        let (practice, assessments) = group.done;
         if group.raises() {
             let used =
                 match raised.remove(&(group.user_id.clone(), group.period_start.into_inner())) {
                     Some(used) => used,
                     None => {
                         let change = UsageChange {
-                            practice,
-                            assessments,
+                            used: group.done,
                             started: None,
                             reservations_wanted: false,
                         };
@@ -229,32 +227,25 @@ pub(super) fn apply_many(
                             .used
                     }
                 };
-            for counter in [Counter::PracticeSessions, Counter::Assessments] {
-                let added = counter.of(group.added.0, group.added.1);
-                let limit = counter.of(group.limits.0, group.limits.1);
-                if let (true, Some(limit)) = (enforce && added > 0, limit) {
+            for slot in Slot::ALL {
+                let added = group.added[slot];
+                if let (true, Some(limit)) = (enforce && added > 0, group.limits[slot]) {
                     checks.push(LimitCheck {
                         user_id: group.user_id.clone(),
                         period_start: group.period_start,
                         period_end: group.period_end,
-                        counter,
-                        used: counter.of(used.0, used.1),
-                        done: counter.of(practice, assessments),
+                        slot,
+                        used: used[slot],
+                        done: group.done[slot],
                         added,
                         limit,
-                        unheld: counter.of(group.unheld.0, group.unheld.1),
+                        unheld: group.unheld[slot],
                         in_progress: None,
                     });
                 }
             }
         } else if group.lowers() {
-            store.lower(
-                client,
-                &group.user_id,
-                group.period_start,
-                practice,
-                assessments,
-            );
+            store.lower(client, &group.user_id, group.period_start, group.done);
         }
     }
     for (user, plan, delta) in plans {
@@ -321,7 +312,7 @@ pub(super) fn groups_by_arrays(
     .map(|row| {
         let mut group = Group::from_row(row);
         let s = &subscriptions[&group.user_id];
-        group.limits = (s.practice_limit, s.assessments_limit);
+        group.limits = s.limits;
         group
     })
     .collect()
@@ -332,12 +323,12 @@ pub(super) struct Group {
     pub(super) user_id: String,
     pub(super) period_start: TimestampWithTimeZone,
     pub(super) period_end: TimestampWithTimeZone,
-    /// (practice sessions, assessments), here and below.
-    pub(super) done: (i32, i32),
-    pub(super) added: (i32, i32),
-    pub(super) unheld: (i32, i32),
+    /// Per meter slot, here and below (see insert_changed!).
+    pub(super) done: PerSlot<i32>,
+    pub(super) added: PerSlot<i32>,
+    pub(super) unheld: PerSlot<i32>,
     /// The plan's limits.
-    pub(super) limits: (Option<i32>, Option<i32>),
+    pub(super) limits: PerSlot<Option<i32>>,
 }
 
 impl Group {
@@ -347,38 +338,38 @@ impl Group {
             user_id: get(&row, 1),
             period_start: get(&row, 2),
             period_end: get(&row, 3),
-            done: (get(&row, 4), get(&row, 5)),
-            added: (get(&row, 6), get(&row, 7)),
-            unheld: (get(&row, 8), get(&row, 9)),
-            limits: (get_nullable(&row, 10), get_nullable(&row, 11)),
+            done: PerSlot::new([get(&row, 4), get(&row, 5)]),
+            added: PerSlot::new([get(&row, 6), get(&row, 7)]),
+            unheld: PerSlot::new([get(&row, 8), get(&row, 9)]),
+            limits: PerSlot::new([get_nullable(&row, 10), get_nullable(&row, 11)]),
         }
     }
 
     /// Adds to its usage row (completions, or sessions that take a slot).
     fn raises(&self) -> bool {
-        self.done.0 > 0 || self.done.1 > 0 || self.added.0 > 0 || self.added.1 > 0
+        self.done.any(|n| *n > 0) || self.added.any(|n| *n > 0)
     }
 
     /// Takes completions away from its usage row.
     fn lowers(&self) -> bool {
-        !self.raises() && (self.done.0 < 0 || self.done.1 < 0)
+        !self.raises() && self.done.any(|n| *n < 0)
     }
 }
 
-/// raise_one_sql! for every group in one statement. Returns the counters after the
+/// raise_one_sql! for every group in one statement. Returns every slot after the
 /// write by (user, period start).
 pub(super) fn raise_many<'a>(
     client: &mut SpiClient<'_>,
     groups: impl Iterator<Item = &'a Group>,
-) -> HashMap<(String, i64), (i32, i32)> {
+) -> HashMap<(String, i64), PerSlot<i32>> {
     let (mut users, mut starts, mut ends, mut practice, mut assessments) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for group in groups {
         users.push(group.user_id.clone());
         starts.push(group.period_start);
         ends.push(group.period_end);
-        practice.push(group.done.0);
-        assessments.push(group.done.1);
+        practice.push(group.done[Slot::PRACTICE_SESSIONS]);
+        assessments.push(group.done[Slot::ASSESSMENTS]);
     }
     run_cached_as_planned(
         client,
@@ -402,7 +393,7 @@ pub(super) fn raise_many<'a>(
         let start: TimestampWithTimeZone = get(&row, 2);
         (
             (get(&row, 1), start.into_inner()),
-            (get(&row, 3), get(&row, 4)),
+            PerSlot::new([get(&row, 3), get(&row, 4)]),
         )
     })
     .collect()

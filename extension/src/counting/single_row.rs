@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::counting::limits::LimitCheck;
-use crate::domain::meter::Counter;
+use crate::domain::meter::{Feeds, PerSlot, Slot};
 use crate::domain::reservation::reservation_cutoff;
 use crate::pg::settings;
 use crate::store::{Store, UsageChange};
@@ -25,11 +25,12 @@ pub(super) struct RowFacts {
     pub(super) status: String,
     pub(super) started_at: TimestampWithTimeZone,
     pub(super) learning_plan_id: Option<pgrx::Uuid>,
-    pub(super) counter: Counter,
+    /// The meter slots its kind feeds.
+    pub(super) feeds: Feeds,
     pub(super) anchor: TimestampWithTimeZone,
     pub(super) period: Interval,
-    pub(super) practice_limit: Option<i32>,
-    pub(super) assessments_limit: Option<i32>,
+    /// Its plan's limit of each slot.
+    pub(super) limits: PerSlot<Option<i32>>,
     pub(super) session_id: pgrx::Uuid,
     pub(super) plan_id: String,
     /// A started session whose reservation has expired (by tally.reservation_timeout).
@@ -40,8 +41,7 @@ pub(super) struct RowFacts {
 pub(super) struct UsageAfter {
     pub(super) period_start: TimestampWithTimeZone,
     pub(super) period_end: TimestampWithTimeZone,
-    pub(super) practice_used: i32,
-    pub(super) assessments_used: i32,
+    pub(super) used: PerSlot<i32>,
 }
 
 /// What applying one row did: the limit check it needs, the usage row it raised, and
@@ -49,16 +49,12 @@ pub(super) struct UsageAfter {
 pub(super) struct Applied {
     pub(super) checks: Vec<LimitCheck>,
     pub(super) usage: Option<UsageAfter>,
-    pub(super) reservations: Option<(i32, i32)>,
+    pub(super) reservations: Option<PerSlot<i32>>,
 }
 
 impl RowFacts {
     fn completed(&self) -> bool {
         self.status == "completed"
-    }
-
-    fn limit(&self) -> Option<i32> {
-        self.counter.of(self.practice_limit, self.assessments_limit)
     }
 
     fn period_bounds(&self) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
@@ -76,18 +72,17 @@ pub(super) fn one_row(
 ) -> Option<RowFacts> {
     let row = store.changed_row(client, data, matches!(transition, Transition::New))?;
     let s = store.subscription(client, &row.user_id)?;
-    let counter = store.counter(client, &row.kind);
+    let feeds = store.feeds(client, &row.kind);
     let expired = row.status == "started" && row.started_at <= reservation_cutoff();
     Some(RowFacts {
         user_id: row.user_id,
         status: row.status,
         started_at: row.started_at,
         learning_plan_id: row.learning_plan_id,
-        counter,
+        feeds,
         anchor: s.anchor,
         period: s.period,
-        practice_limit: s.practice_limit,
-        assessments_limit: s.assessments_limit,
+        limits: s.limits,
         session_id: row.session_id,
         plan_id: s.plan_id,
         expired,
@@ -110,9 +105,9 @@ pub(super) fn apply_one(
     let mut reservations = None;
 
     // user_id, kind and started_at never change, so both rows share one usage row.
-    if let Some(facts) = new.or(old).filter(|r| r.counter.metered()) {
+    if let Some(facts) = new.or(old).filter(|r| r.feeds.metered()) {
         let sign = counted(new) - counted(old);
-        let (practice, assessments) = facts.counter.deltas(sign);
+        let deltas = facts.feeds.deltas(sign);
         let (start, end) = facts.period_bounds();
         let reserves = old.is_none() && new.is_some_and(|n| n.status != "abandoned");
         // Completing a session whose reservation expired takes a slot it no longer
@@ -120,7 +115,8 @@ pub(super) fn apply_one(
         let retakes = old.is_some_and(|o| o.expired) && sign > 0;
         if sign > 0 || reserves {
             let checked = (reserves || retakes) && settings::enforce_limits();
-            let limit = facts.limit().filter(|_| checked);
+            // The limit of a slot the row feeds, when it is checked.
+            let limit = |slot: Slot| facts.limits[slot].filter(|_| checked);
             // The period's started sessions (tally.usage.started_bound): one more for
             // a session inserted started, one fewer for a started one completed.
             let started = if old.is_none() {
@@ -129,28 +125,24 @@ pub(super) fn apply_one(
                 -i32::from(old.is_some_and(|o| o.status == "started"))
             };
             let change = UsageChange {
-                practice,
-                assessments,
+                used: deltas,
                 started: Some(started),
-                reservations_wanted: limit.is_some(),
+                reservations_wanted: facts.feeds.slots().any(|slot| limit(slot).is_some()),
             };
             let written = store.raise(client, &facts.user_id, start, end, &change);
-            let (practice_used, assessments_used) = written.used;
-            let used = facts.counter.of(practice_used, assessments_used);
             usage = Some(UsageAfter {
                 period_start: start,
                 period_end: end,
-                practice_used,
-                assessments_used,
+                used: written.used,
             });
             reservations = written.reservations;
-            if let Some(limit) = limit {
+            for (slot, limit) in facts.feeds.slots().filter_map(|s| Some((s, limit(s)?))) {
                 checks.push(LimitCheck {
                     user_id: facts.user_id.clone(),
                     period_start: start,
                     period_end: end,
-                    counter: facts.counter,
-                    used,
+                    slot,
+                    used: written.used[slot],
                     done: sign,
                     added: 1,
                     limit,
@@ -159,7 +151,7 @@ pub(super) fn apply_one(
                 });
             }
         } else if sign < 0 {
-            store.lower(client, &facts.user_id, start, practice, assessments);
+            store.lower(client, &facts.user_id, start, deltas);
         }
     }
 

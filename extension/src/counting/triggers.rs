@@ -52,10 +52,8 @@ pub(super) fn count_insert(trigger: &PgTrigger<'_>) -> TallyResult<pg_sys::Datum
                     plan_id: facts.plan_id,
                     period_start: usage.period_start,
                     period_end: usage.period_end,
-                    practice_used: usage.practice_used,
-                    assessments_used: usage.assessments_used,
-                    practice_limit: facts.practice_limit,
-                    assessments_limit: facts.assessments_limit,
+                    used: usage.used,
+                    limits: facts.limits,
                     in_progress: in_progress.or(applied.reservations),
                     on_shard: ShardTables::in_shard(),
                 }));

@@ -48,7 +48,7 @@ use std::thread::LocalKey;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTrigger};
 
-use crate::domain::meter::Counter;
+use crate::domain::meter::{Feeds, PerSlot};
 use crate::entry::binding::{on, Level::*, Timing::*, DELETE, INSERT, TRUNCATE, UPDATE};
 use crate::entry::entry;
 use crate::entry::errors::TallyResult;
@@ -57,13 +57,13 @@ use crate::entry::errors::TallyResult;
 #[derive(Clone, Copy)]
 pub(crate) struct Plan {
     pub period: Interval,
-    pub practice_limit: Option<i32>,
-    pub assessments_limit: Option<i32>,
+    /// The limit of each meter slot; None for no limit.
+    pub limits: PerSlot<Option<i32>>,
 }
 
 thread_local! {
     static PLANS: RefCell<HashMap<String, Plan>> = RefCell::new(HashMap::new());
-    static COUNTERS: RefCell<HashMap<String, Counter>> = RefCell::new(HashMap::new());
+    static FEEDS: RefCell<HashMap<String, Feeds>> = RefCell::new(HashMap::new());
     /// Invalidations processed so far.
     static INVALIDATIONS: Cell<u64> = const { Cell::new(0) };
 }
@@ -93,7 +93,7 @@ impl Generation {
 pub(crate) fn forget() {
     INVALIDATIONS.with(|n| n.set(n.get() + 1));
     PLANS.with(|plans| plans.borrow_mut().clear());
-    COUNTERS.with(|counters| counters.borrow_mut().clear());
+    FEEDS.with(|feeds| feeds.borrow_mut().clear());
 }
 
 /// Processes the invalidations that other transactions committed.
@@ -136,14 +136,14 @@ pub(crate) fn keep_plan(since: Generation, plan_id: &str, plan: Plan) {
     keep(&PLANS, since, plan_id, plan);
 }
 
-/// The counter of session kind `kind`, if kept.
-pub(crate) fn counter(kind: &str) -> Option<Counter> {
-    kept(&COUNTERS, kind)
+/// The slots session kind `kind` feeds, if kept.
+pub(crate) fn feeds(kind: &str) -> Option<Feeds> {
+    kept(&FEEDS, kind)
 }
 
-/// Keeps `counter`, read with a snapshot taken after `since`.
-pub(crate) fn keep_counter(since: Generation, kind: &str, counter: Counter) {
-    keep(&COUNTERS, since, kind, counter);
+/// Keeps what `kind` feeds, read with a snapshot taken after `since`.
+pub(crate) fn keep_feeds(since: Generation, kind: &str, feeds: Feeds) {
+    keep(&FEEDS, since, kind, feeds);
 }
 
 /// Sends a relcache invalidation for the trigger's table: every backend forgets what

@@ -353,7 +353,7 @@ impl Table {
         index: pg_sys::Oid,
         keys: &[Key],
         snapshot: &StatementSnapshot,
-        mut each: impl FnMut(&Slot) -> bool,
+        mut each: impl FnMut(&TupleSlot) -> bool,
     ) {
         // SAFETY: an index scan as the executor runs one (IndexScan::begin), with a
         // slot of the table's own kind, dropped at the end (or by the resource owner
@@ -366,7 +366,7 @@ impl Table {
                 pg_sys::ScanDirection::ForwardScanDirection,
                 slot,
             ) {
-                if !each(&Slot(slot)) {
+                if !each(&TupleSlot(slot)) {
                     break;
                 }
             }
@@ -457,7 +457,7 @@ impl Table {
         column: &str,
         value: &str,
         snapshot: &StatementSnapshot,
-        read: impl FnOnce(&Slot) -> R,
+        read: impl FnOnce(&TupleSlot) -> R,
     ) -> Option<Option<R>> {
         let index = self.found.primary_key?;
         let keys = [Key {
@@ -584,9 +584,9 @@ pub(super) fn column_if_any(relation: pg_sys::Relation, name: &str) -> Option<pg
 }
 
 /// A row in a slot.
-pub(crate) struct Slot(pub(super) *mut pg_sys::TupleTableSlot);
+pub(crate) struct TupleSlot(pub(super) *mut pg_sys::TupleTableSlot);
 
-impl Slot {
+impl TupleSlot {
     /// Column `column` (an attribute number), converted to `T`.
     pub(super) fn get<T: FromDatum>(&self, column: pg_sys::AttrNumber) -> Option<T> {
         // SAFETY: the slot holds a row of the relation the column number came from;

@@ -16,7 +16,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::domain::meter::Counter;
+use crate::domain::meter::{Feeds, PerSlot};
 use crate::domain::reservation::reservation_cutoff;
 
 pub(crate) use rows::{ChangedRow, Subscription, UsageChange, UsageWritten};
@@ -79,12 +79,12 @@ impl Store {
         sql::subscription(client, user_id)
     }
 
-    /// The counter session kind `kind` feeds.
-    pub(crate) fn counter(&mut self, client: &mut SpiClient<'_>, kind: &str) -> Counter {
-        if let Some(found) = self.tables().and_then(|t| t.counter(kind)) {
+    /// The meter slots session kind `kind` feeds.
+    pub(crate) fn feeds(&mut self, client: &mut SpiClient<'_>, kind: &str) -> Feeds {
+        if let Some(found) = self.tables().and_then(|t| t.feeds(kind)) {
             return found;
         }
-        sql::counter(client, kind)
+        sql::feeds(client, kind)
     }
 
     /// Whether `user_id` has learning plans; None when not known by key.
@@ -95,7 +95,7 @@ impl Store {
     /// Adds to a usage row, creating it if needed; the write takes the row lock that
     /// serializes limit checks. An existing row is updated by key without the executor
     /// where that means the same (`rows::add_to_usage`), else the upsert runs.
-    /// Returns the counters after the write, and the reservations when known.
+    /// Returns every slot after the write, and the reservations when known.
     pub(crate) fn raise(
         &mut self,
         client: &mut SpiClient<'_>,
@@ -118,10 +118,9 @@ impl Store {
         client: &mut SpiClient<'_>,
         user_id: &str,
         start: TimestampWithTimeZone,
-        practice: i32,
-        assessments: i32,
+        change: PerSlot<i32>,
     ) {
-        sql::lower(client, user_id, start, practice, assessments);
+        sql::lower(client, user_id, start, change);
     }
 
     /// Adds `delta` to a learning plan's completed sessions.
@@ -135,7 +134,7 @@ impl Store {
         sql::change_plan(client, user_id, plan, delta);
     }
 
-    /// The reservations in one (user, period), per counter: (practice, assessments).
+    /// The reservations in one (user, period), per slot.
     /// Call after the statement's counter writes: the count sees every session
     /// committed before their row locks were granted.
     pub(crate) fn reservations(
@@ -144,7 +143,7 @@ impl Store {
         user_id: &str,
         start: TimestampWithTimeZone,
         end: TimestampWithTimeZone,
-    ) -> (i32, i32) {
+    ) -> PerSlot<i32> {
         let by_key = self.by_key;
         let readers = self.reservations.get_or_insert_with(|| {
             by_key

@@ -11,11 +11,11 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::domain::meter::Counter;
+use crate::domain::meter::{Feeds, PerSlot, SLOTS};
 use crate::domain::reservation::reservation_cutoff;
 use crate::store::catalog_cache;
 
-use crate::store::heap::{column_of, serves_here, Key, Slot, StatementSnapshot, Table};
+use crate::store::heap::{column_of, serves_here, Key, StatementSnapshot, Table, TupleSlot};
 
 /// The changed row of a single-row statement, as counting reads it.
 pub(crate) struct ChangedRow {
@@ -42,7 +42,7 @@ pub(crate) fn transition_row(
         pg_sys::tuplestore_select_read_pointer(table, 0);
         pg_sys::tuplestore_rescan(table);
         let row = if pg_sys::tuplestore_gettupleslot(table, true, false, slot) {
-            let slot = Slot(slot);
+            let slot = TupleSlot(slot);
             let required = |name| -> String {
                 slot.get(column(name))
                     .unwrap_or_else(|| panic!("tally: NULL {name}"))
@@ -72,8 +72,8 @@ pub(crate) fn transition_row(
 pub(crate) struct Subscription {
     pub anchor: TimestampWithTimeZone,
     pub period: Interval,
-    pub practice_limit: Option<i32>,
-    pub assessments_limit: Option<i32>,
+    /// The plan's limit of each slot; None for no limit.
+    pub limits: PerSlot<Option<i32>>,
     pub plan_id: String,
 }
 
@@ -127,8 +127,7 @@ impl Tables {
         Some(Some(Subscription {
             anchor,
             period: plan.period,
-            practice_limit: plan.practice_limit,
-            assessments_limit: plan.assessments_limit,
+            limits: plan.limits,
             plan_id,
         }))
     }
@@ -137,42 +136,34 @@ impl Tables {
     /// read here.
     fn plan(&self, plan_id: &str) -> Option<(catalog_cache::Plan, bool)> {
         let plans = Table::open("tally.plans")?;
-        let (period, practice, assessments) = (
-            plans.column("period"),
-            plans.column("practice_sessions_limit"),
-            plans.column("assessments_limit"),
-        );
+        let period = plans.column("period");
+        let limits = PerSlot::from_fn(|slot| plans.column(slot.limit_column()));
         // A subscription's plan exists (foreign key): anything else is left to SPI.
-        let (Some(period), practice_limit, assessments_limit) =
+        let (Some(period), limits) =
             plans.by_text_key("plan_id", plan_id, &self.snapshot, |row| {
                 (
                     row.get::<Interval>(period),
-                    row.get::<i32>(practice),
-                    row.get::<i32>(assessments),
+                    limits.map(|column| row.get::<i32>(column)),
                 )
             })??
         else {
             return None;
         };
-        let plan = catalog_cache::Plan {
-            period,
-            practice_limit,
-            assessments_limit,
-        };
+        let plan = catalog_cache::Plan { period, limits };
         Some((plan, plans.found.forgets_on_write))
     }
 
-    /// The counter of session kind `kind`; None when it cannot be read here.
-    pub(crate) fn counter(&self, kind: &str) -> Option<Counter> {
-        if let Some(kept) = catalog_cache::counter(kind) {
+    /// The slots session kind `kind` feeds; None when it cannot be read here.
+    pub(crate) fn feeds(&self, kind: &str) -> Option<Feeds> {
+        if let Some(kept) = catalog_cache::feeds(kind) {
             return Some(kept);
         }
         let kinds = Table::open("tally.session_kinds")?;
-        let counter = counter_of(&kinds, kind, &self.snapshot)?;
+        let feeds = feeds_of(&kinds, kind, &self.snapshot)?;
         if kinds.found.forgets_on_write {
-            catalog_cache::keep_counter(self.since, kind, counter);
+            catalog_cache::keep_feeds(self.since, kind, feeds);
         }
-        Some(counter)
+        Some(feeds)
     }
 
     /// Whether `user_id` has learning plans; None when it cannot be read here.
@@ -192,8 +183,8 @@ pub(crate) struct Reservations {
     sessions: Table,
     kinds: Table,
     index: pg_sys::Oid,
-    /// Session kinds' counters, as read with the snapshot.
-    counters: std::collections::HashMap<String, Counter>,
+    /// What session kinds feed, as read with the snapshot.
+    feeds: std::collections::HashMap<String, Feeds>,
 }
 
 impl Reservations {
@@ -211,21 +202,20 @@ impl Reservations {
             sessions,
             kinds,
             index,
-            counters: std::collections::HashMap::new(),
+            feeds: std::collections::HashMap::new(),
         })
     }
 
     /// Started sessions holding a reservation in one (user, period) (started in the
-    /// period, after `cutoff`), per counter: (practice, assessments).
+    /// period, after `cutoff`), per slot.
     pub(crate) fn count(
         &mut self,
         user_id: &str,
         start: TimestampWithTimeZone,
         end: TimestampWithTimeZone,
         cutoff: TimestampWithTimeZone,
-    ) -> (i32, i32) {
-        let found = self.count_started(user_id, start, end, cutoff);
-        (found.practice, found.assessments)
+    ) -> PerSlot<i32> {
+        self.count_started(user_id, start, end, cutoff).held
     }
 
     /// `count`, and every started session of a metered kind in the period, holding a
@@ -279,42 +269,41 @@ impl Reservations {
         });
         let mut found = StartedSessions::default();
         for (kind, holds) in open {
-            if !self.counters.contains_key(&kind) {
-                // A session's kind exists (foreign key), and kinds in use keep their
-                // counter (tally.session_kinds' rule).
-                let counter = counter_of(&self.kinds, &kind, &self.snapshot)
+            if !self.feeds.contains_key(&kind) {
+                // A session's kind exists (foreign key), and kinds in use keep what
+                // they feed (tally.session_kinds' rule).
+                let feeds = feeds_of(&self.kinds, &kind, &self.snapshot)
                     .expect("tally: a session's kind exists");
-                self.counters.insert(kind.clone(), counter);
+                self.feeds.insert(kind.clone(), feeds);
             }
-            let counter = self.counters[&kind];
-            if counter.metered() {
+            let feeds = self.feeds[&kind];
+            if feeds.metered() {
                 found.metered += 1;
             }
-            match counter {
-                Counter::PracticeSessions if holds => found.practice += 1,
-                Counter::Assessments if holds => found.assessments += 1,
-                _ => {}
+            if holds {
+                for slot in feeds.slots() {
+                    found.held[slot] += 1;
+                }
             }
         }
         found
     }
 }
 
-/// Started sessions in one (user, period): those holding a reservation per counter,
+/// Started sessions in one (user, period): those holding a reservation per slot,
 /// and every one of a metered kind.
 #[derive(Default)]
 pub(crate) struct StartedSessions {
-    pub practice: i32,
-    pub assessments: i32,
+    pub held: PerSlot<i32>,
     pub metered: i32,
 }
 
-/// The counter of session kind `kind`.
-fn counter_of(kinds: &Table, kind: &str, snapshot: &StatementSnapshot) -> Option<Counter> {
+/// The slots session kind `kind` feeds.
+fn feeds_of(kinds: &Table, kind: &str, snapshot: &StatementSnapshot) -> Option<Feeds> {
     let column = kinds.column("counter");
     kinds
         .by_text_key("kind", kind, snapshot, |row| row.get::<String>(column))??
-        .map(|counter| Counter::from_sql(&counter))
+        .map(|counter| Feeds::from_counter(&counter))
 }
 
 /// Whether tally.usage here keeps `started_bound` (one node, not a shard): a write to
@@ -323,11 +312,10 @@ pub(crate) fn usage_keeps_started_bound() -> bool {
     Table::open("tally.usage").is_some_and(|usage| usage.found.started_bound.is_some())
 }
 
-/// A change to one usage row: its counters, and what the statement did to the
+/// A change to one usage row: its slots, and what the statement did to the
 /// period's started sessions.
 pub(crate) struct UsageChange {
-    pub practice: i32,
-    pub assessments: i32,
+    pub used: PerSlot<i32>,
     /// Started sessions of a metered kind added (1: one inserted started) or taken
     /// away (-1: one completed); None when not known (a statement of many rows),
     /// which leaves the row's bound unknown (NULL).
@@ -338,11 +326,11 @@ pub(crate) struct UsageChange {
 
 /// A usage row after `add_to_usage`.
 pub(crate) struct UsageWritten {
-    /// (practice, assessments) after the write.
-    pub used: (i32, i32),
-    /// Reservations held in the period, (practice, assessments), when known under the
-    /// row lock: counted, or none because the row's bound is 0.
-    pub reservations: Option<(i32, i32)>,
+    /// Each slot after the write.
+    pub used: PerSlot<i32>,
+    /// Reservations held in the period per slot, when known under the row lock:
+    /// counted, or none because the row's bound is 0.
+    pub reservations: Option<PerSlot<i32>>,
 }
 
 /// Adds `change` to the existing usage row of (user, period) without the executor,
@@ -391,12 +379,8 @@ pub(crate) fn add_to_usage(
     if !plain {
         return None;
     }
-    let (user, start, practice_used, assessments_used) = (
-        usage.column("user_id"),
-        usage.column("period_start"),
-        usage.column("practice_sessions_used"),
-        usage.column("assessments_used"),
-    );
+    let (user, start) = (usage.column("user_id"), usage.column("period_start"));
+    let used_columns = PerSlot::from_fn(|slot| usage.column(slot.used_column()));
     let user_datum = user_id.into_datum()?;
     let start_datum = period_start.into_datum()?;
     let keys = [
@@ -445,23 +429,14 @@ pub(crate) fn add_to_usage(
             pg_sys::ExecDropSingleTupleTableSlot(slot);
             return None;
         }
-        let row = Slot(slot);
-        let before = (
-            row.get::<i32>(practice_used)
-                .expect("tally: usage counters are not NULL"),
-            row.get::<i32>(assessments_used)
-                .expect("tally: usage counters are not NULL"),
-        );
-        let after = (
-            before
-                .0
-                .checked_add(change.practice)
-                .expect("tally: usage counter overflow"),
-            before
-                .1
-                .checked_add(change.assessments)
-                .expect("tally: usage counter overflow"),
-        );
+        let row = TupleSlot(slot);
+        let before = used_columns.map(|column| {
+            row.get::<i32>(column)
+                .expect("tally: usage counters are not NULL")
+        });
+        let after = before
+            .checked_add(change.used)
+            .expect("tally: usage counter overflow");
         // The bound: kept up to date by the change, else counted under the lock.
         let bound_column = usage.found.started_bound;
         let bound_before = bound_column.and_then(|column| row.get::<i32>(column));
@@ -472,7 +447,7 @@ pub(crate) fn add_to_usage(
             .and_then(|(bound, started)| bound.checked_add(started).filter(|n| *n >= 0));
         let mut reservations = None;
         if bound == Some(0) {
-            reservations = Some((0, 0));
+            reservations = Some(PerSlot::default());
         } else if bound_column.is_some()
             && change.started.is_some()
             && (change.reservations_wanted || bound.is_none())
@@ -480,7 +455,7 @@ pub(crate) fn add_to_usage(
             if let Some(mut counting) = Reservations::here() {
                 let found =
                     counting.count_started(user_id, period_start, period_end, reservation_cutoff());
-                reservations = Some((found.practice, found.assessments));
+                reservations = Some(found.held);
                 bound = Some(found.metered);
             }
         }
@@ -495,27 +470,31 @@ pub(crate) fn add_to_usage(
         }
         let mut should_free = false;
         let old = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
-        // The two counters, and the bound when it changed (the third entry, else unused).
-        let mut columns = [
-            practice_used as std::os::raw::c_int,
-            assessments_used as _,
-            0,
-        ];
-        let mut values = [
-            pg_sys::Datum::from(after.0),
-            pg_sys::Datum::from(after.1),
-            pg_sys::Datum::from(bound.unwrap_or(0)),
-        ];
-        let mut nulls = [false, false, bound.is_none()];
-        let mut changed = 2;
+        // Every slot's column, and the bound when it changed (the last entry, else
+        // unused).
+        let mut columns = [0 as std::os::raw::c_int; SLOTS + 1];
+        let mut values = [pg_sys::Datum::from(0); SLOTS + 1];
+        let mut nulls = [false; SLOTS + 1];
+        for (i, (column, value)) in used_columns
+            .zip(after)
+            .into_values()
+            .into_iter()
+            .enumerate()
+        {
+            columns[i] = column as _;
+            values[i] = pg_sys::Datum::from(value);
+        }
+        let mut changed = SLOTS;
         if let (Some(column), true) = (bound_column, bound != bound_before) {
-            columns[2] = column as _;
-            changed = 3;
+            columns[SLOTS] = column as _;
+            values[SLOTS] = pg_sys::Datum::from(bound.unwrap_or(0));
+            nulls[SLOTS] = bound.is_none();
+            changed = SLOTS + 1;
         }
         let new = pg_sys::heap_modify_tuple_by_cols(
             old,
             (*relation).rd_att,
-            changed,
+            changed as _,
             columns.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),

@@ -5,7 +5,7 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::domain::meter::Counter;
+use crate::domain::meter::{Feeds, PerSlot, Slot};
 use crate::pg::spi::{
     get, get_nullable, run_cached, run_cached_as_planned, INT4, TEXT, TIMESTAMPTZ, UUID,
 };
@@ -117,14 +117,14 @@ pub(crate) fn raise(
             user_id.into(),
             start.into(),
             end.into(),
-            change.practice.into(),
-            change.assessments.into(),
+            change.used[Slot::PRACTICE_SESSIONS].into(),
+            change.used[Slot::ASSESSMENTS].into(),
         ],
     )
     .next()
     .expect("an upsert returns its row");
     rows::UsageWritten {
-        used: (get(&row, 1), get(&row, 2)),
+        used: PerSlot::new([get(&row, 1), get(&row, 2)]),
         reservations: None,
     }
 }
@@ -134,8 +134,7 @@ pub(crate) fn lower(
     client: &mut SpiClient<'_>,
     user_id: &str,
     start: TimestampWithTimeZone,
-    practice: i32,
-    assessments: i32,
+    change: PerSlot<i32>,
 ) {
     run_cached(
         client,
@@ -144,8 +143,8 @@ pub(crate) fn lower(
         &[
             user_id.into(),
             start.into(),
-            practice.into(),
-            assessments.into(),
+            change[Slot::PRACTICE_SESSIONS].into(),
+            change[Slot::ASSESSMENTS].into(),
         ],
     );
 }
@@ -209,25 +208,23 @@ pub(crate) fn subscription(
         .map(|row| rows::Subscription {
             anchor: get(&row, 1),
             period: get(&row, 2),
-            practice_limit: get_nullable(&row, 3),
-            assessments_limit: get_nullable(&row, 4),
+            limits: PerSlot::new([get_nullable(&row, 3), get_nullable(&row, 4)]),
             plan_id: get(&row, 5),
         })
 }
 
 const COUNTER_SQL: &str = "SELECT counter FROM tally.session_kinds WHERE kind = $1";
 
-/// The counter of session kind `kind`, which exists (the session's foreign key).
-pub(crate) fn counter(client: &mut SpiClient<'_>, kind: &str) -> Counter {
+/// The slots session kind `kind` feeds; the kind exists (the session's foreign key).
+pub(crate) fn feeds(client: &mut SpiClient<'_>, kind: &str) -> Feeds {
     let row = run_cached(client, COUNTER_SQL, &[TEXT], &[kind.into()])
         .next()
         .expect("tally: a session's kind exists (foreign key)");
-    Counter::from_sql(&get::<String>(&row, 1))
+    Feeds::from_counter(&get::<String>(&row, 1))
 }
 
-/// Started sessions still holding a reservation in one (user, period), per counter
-/// (practice, assessments): the same index range either way, and the usage document
-/// needs both. A separate statement so that its snapshot is taken after the usage row
+/// Started sessions still holding a reservation in one (user, period), per slot:
+/// the same index range for every slot, and the usage document needs them all. A separate statement so that its snapshot is taken after the usage row
 /// lock; scalar parameters so that its plan is prepared once.
 pub(crate) const RESERVATIONS_SQL: &str = r#"
 SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
@@ -239,13 +236,13 @@ SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
    AND x.started_at > now() - tally.reservation_timeout()
 "#;
 
-/// The reservations in one (user, period): (practice, assessments).
+/// The reservations in one (user, period), per slot.
 pub(crate) fn reservations(
     client: &mut SpiClient<'_>,
     user_id: &str,
     start: TimestampWithTimeZone,
     end: TimestampWithTimeZone,
-) -> (i32, i32) {
+) -> PerSlot<i32> {
     let row = run_cached(
         client,
         RESERVATIONS_SQL,
@@ -254,5 +251,5 @@ pub(crate) fn reservations(
     )
     .next()
     .expect("a count returns a row");
-    (get(&row, 1), get(&row, 2))
+    PerSlot::new([get(&row, 1), get(&row, 2)])
 }

@@ -85,7 +85,7 @@ mod tests {
         // Two practice sessions (the 3-hour-old one has expired), one assessment; the
         // warm-up counts nowhere, jonas's session is his.
         assert_eq!(by_sql, (Some(2), Some(1)));
-        assert_eq!(by_key, Some((2, 1)));
+        assert_eq!(by_key, Some(crate::domain::meter::PerSlot::new([2, 1])));
     }
 
     /// A relcache invalidation forgets only the table it names: DDL elsewhere keeps
