@@ -22,11 +22,10 @@ thread_local! {
     static KNOWN_SHARDS: RefCell<HashSet<(pg_sys::Oid, i64)>> = RefCell::new(HashSet::new());
 }
 
-/// The shard id when `relname` reads `<table>_<digits>`, Citus's name for a shard.
-pub(crate) fn shard_id_in_name(relname: &CStr, table: &CStr) -> Option<i64> {
-    relname
-        .to_bytes()
-        .strip_prefix(table.to_bytes())
+/// The shard id when `name` reads `<base>_<digits>`, Citus's name for a shard's copy
+/// of table, index or constraint `base`.
+pub(crate) fn shard_id_in_name(name: &[u8], base: &[u8]) -> Option<i64> {
+    name.strip_prefix(base)
         .and_then(|rest| rest.strip_prefix(b"_"))
         .and_then(|digits| std::str::from_utf8(digits).ok())
         .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
@@ -112,47 +111,19 @@ fn citus_catalog(name: &str) -> bool {
 /// `citus.allow_nested_distributed_execution` on until dropped, for a function Citus
 /// runs inside a query it routed to this node, whose own statements address the
 /// same user's co-located shards (local ones).
-pub(crate) struct AllowNestedExecution(Option<std::os::raw::c_int>);
+/// Nothing where Citus is absent.
+#[must_use]
+pub(crate) struct AllowNestedExecution {
+    _level: Option<crate::pg::guc::SettingsLevel>,
+}
 
 impl AllowNestedExecution {
     pub(crate) fn begin() -> Self {
-        // SAFETY: a GUC nest level saved and restored in Drop, as for a function's SET
-        // clause; the setting is looked up by name and skipped when Citus is absent.
-        unsafe {
-            if pg_sys::GetConfigOption(
-                c"citus.allow_nested_distributed_execution".as_ptr(),
-                true,
-                false,
-            )
-            .is_null()
-            {
-                return AllowNestedExecution(None);
-            }
-            let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"citus.allow_nested_distributed_execution".as_ptr(),
-                c"on".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            AllowNestedExecution(Some(level))
-        }
-    }
-}
-
-impl Drop for AllowNestedExecution {
-    fn drop(&mut self) {
-        // Unwinding from an error: the (sub)transaction's abort closes the level.
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some(level) = self.0 {
-            // SAFETY: restores the settings of the nest level begin() opened.
-            unsafe { pg_sys::AtEOXact_GUC(true, level) };
+        AllowNestedExecution {
+            _level: crate::pg::guc::SettingsLevel::open_if_defined(&[(
+                c"citus.allow_nested_distributed_execution",
+                c"on",
+            )]),
         }
     }
 }
@@ -402,7 +373,7 @@ impl ShardTables {
                 if let Some(found) = cache.borrow().get(&oid) {
                     return found.clone();
                 }
-                let found = shard_id_in_name(relname, table)
+                let found = shard_id_in_name(relname.to_bytes(), table.to_bytes())
                     .and_then(Self::lookup)
                     .map(std::rc::Rc::new);
                 cache.borrow_mut().insert(oid, found.clone());

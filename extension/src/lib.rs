@@ -111,6 +111,7 @@ pub extern "C-unwind" fn _PG_init() {
     citus::guard_session_settings();
     pg::expressions::install();
     store::watch_invalidations();
+    entry::served::watch_extensions();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

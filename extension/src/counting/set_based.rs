@@ -10,6 +10,7 @@ use pgrx::spi::SpiClient;
 use crate::citus::ShardTables;
 use crate::counting::limits::LimitCheck;
 use crate::domain::meter::{PerSlot, Slot};
+use crate::domain::reservation::cutoff_sql;
 use crate::pg::settings;
 use crate::pg::spi::{
     get, get_nullable, run_cached, run_cached_as_planned, run_cached_for_bulk, INT4_ARRAY,
@@ -26,23 +27,27 @@ use crate::store::{Store, UsageChange};
 /// slot but need one free).
 macro_rules! insert_changed {
     () => {
-        "SELECT user_id, kind, started_at, learning_plan_id,
+        concat!(
+            "SELECT user_id, kind, started_at, learning_plan_id,
        (status = 'completed')::int AS done,
        (status <> 'abandoned')::int AS added,
-       (status = 'started' AND started_at <= now() - tally.reservation_timeout())::int AS unheld
+       (status = 'started' AND started_at <= ",
+            cutoff_sql!(),
+            ")::int AS unheld
   FROM tally_new"
+        )
     };
 }
 
 // session_id never changes (sessions_check_update), so it pairs each new row with
 // its old one.
-macro_rules! update_changed { () => { "SELECT n.user_id, n.kind, n.started_at, n.learning_plan_id, 1 AS done,
-       (o.status = 'started' AND o.started_at <= now() - tally.reservation_timeout())::int AS added,
+macro_rules! update_changed { () => { concat!("SELECT n.user_id, n.kind, n.started_at, n.learning_plan_id, 1 AS done,
+       (o.status = 'started' AND o.started_at <= ", cutoff_sql!(), ")::int AS added,
        0 AS unheld
   FROM tally_new n JOIN tally_old o ON o.user_id = n.user_id AND o.session_id = n.session_id
  WHERE n.status = 'completed'
 UNION ALL
-SELECT user_id, kind, started_at, learning_plan_id, -1, 0, 0 FROM tally_old WHERE status = 'completed'" }; }
+SELECT user_id, kind, started_at, learning_plan_id, -1, 0, 0 FROM tally_old WHERE status = 'completed'") }; }
 
 macro_rules! delete_changed {
     () => {

@@ -5,8 +5,18 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// `now() - tally.reservation_timeout()`: started sessions from before it no longer
-/// hold a reservation.
+/// The cutoff in tally's own SQL statements (`concat!`ed into them): a started
+/// session holds a reservation while it started after it. `tally.current_usage`
+/// (schema.sql) writes the same; `reservation_cutoff` is its value in Rust.
+macro_rules! cutoff_sql {
+    () => {
+        "now() - tally.reservation_timeout()"
+    };
+}
+pub(crate) use cutoff_sql;
+
+/// `now() - tally.reservation_timeout()` (cutoff_sql!): started sessions from before
+/// it no longer hold a reservation.
 pub(crate) fn reservation_cutoff() -> TimestampWithTimeZone {
     let now: TimestampWithTimeZone = pgrx::datetime::now();
     let timeout = crate::pg::settings::reservation_timeout();

@@ -103,10 +103,12 @@ fn is_tally_table(relation: pg_sys::Relation, name: &CStr) -> bool {
     let relname = relation_name(relation);
     is_local_tally_table(relation, name)
         || (in_tally_schema(relation)
-            && citus::shard_id_in_name(relname, name).is_some_and(|shard_id| {
-                // SAFETY: the relation is open.
-                citus::is_shard_of(unsafe { (*relation).rd_id }, shard_id, name)
-            }))
+            && citus::shard_id_in_name(relname.to_bytes(), name.to_bytes()).is_some_and(
+                |shard_id| {
+                    // SAFETY: the relation is open.
+                    citus::is_shard_of(unsafe { (*relation).rd_id }, shard_id, name)
+                },
+            ))
 }
 
 /// Whether `relation` is `tally.<name>` itself (not a Citus shard of it). Compared by

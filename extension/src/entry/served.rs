@@ -31,7 +31,6 @@ pub const PREVIOUS: &str = "0.10.0";
 thread_local! {
     /// Known to be served, until pg_extension's cache is invalidated.
     static SERVED: Cell<bool> = const { Cell::new(false) };
-    static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Refuses (TL010) unless the database's tally is at a release this library serves.
@@ -39,7 +38,6 @@ pub fn check() -> TallyResult<()> {
     if SERVED.get() || in_own_script() {
         return Ok(());
     }
-    watch_extensions();
     match installed_release() {
         Some(release) if release == CURRENT || release == PREVIOUS => {
             SERVED.set(true);
@@ -128,19 +126,17 @@ fn installed_release() -> Option<String> {
     }
 }
 
-/// Registers, once per backend, the callback that forgets the answer when
-/// pg_extension changes.
-fn watch_extensions() {
-    if !WATCHING.replace(true) {
-        // SAFETY: registers a callback that only clears a flag.
-        unsafe {
-            pg_sys::CacheRegisterSyscacheCallback(
-                pg_sys::SysCacheIdentifier::EXTENSIONOID as i32,
-                Some(forget),
-                pg_sys::Datum::from(0),
-            )
-        };
-    }
+/// Registers the callback that forgets the answer when pg_extension changes, when
+/// the library is loaded (`_PG_init`): before any answer is kept.
+pub(crate) fn watch_extensions() {
+    // SAFETY: registers, once per process, a callback that only clears a flag.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::EXTENSIONOID as i32,
+            Some(forget),
+            pg_sys::Datum::from(0),
+        )
+    };
 }
 
 #[pgrx::pg_guard]

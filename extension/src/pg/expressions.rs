@@ -51,7 +51,6 @@ thread_local! {
     static RETIRED: RefCell<Vec<pg_sys::MemoryContext>> = const { RefCell::new(Vec::new()) };
     /// A function or type changed since the build.
     static STALE: Cell<bool> = const { Cell::new(false) };
-    static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Builds replaced in one transaction before PostgreSQL is left to build for each
@@ -68,6 +67,7 @@ pub(crate) fn install() {
         PREVIOUS_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
     }
+    watch_catalogs();
 }
 
 #[pg_guard]
@@ -219,7 +219,6 @@ unsafe fn rebuild(
     checks: &[pg_sys::ConstrCheck],
     triggers: &[pg_sys::Trigger],
 ) {
-    watch_catalogs();
     // SAFETY: the strings are the relcache's, valid while the relation is open. The
     // new context is retired (freed at transaction end) until the build is complete,
     // so that an error while planning leaks nothing; the previous build is retired,
@@ -277,23 +276,21 @@ fn retire_built() {
     }
 }
 
-/// Registers, once per backend, the invalidation callbacks that mark the build
-/// stale: changed functions and types.
+/// Registers the invalidation callbacks that mark the build stale (changed
+/// functions and types), when the library is loaded (`install`): before any build.
 fn watch_catalogs() {
-    if !WATCHING.with(|w| w.replace(true)) {
-        for cache in [
-            pg_sys::SysCacheIdentifier::PROCOID,
-            pg_sys::SysCacheIdentifier::TYPEOID,
-        ] {
-            // SAFETY: registers a callback that only sets a flag.
-            unsafe {
-                pg_sys::CacheRegisterSyscacheCallback(
-                    cache as i32,
-                    Some(mark_stale),
-                    pg_sys::Datum::from(0),
-                )
-            };
-        }
+    for cache in [
+        pg_sys::SysCacheIdentifier::PROCOID,
+        pg_sys::SysCacheIdentifier::TYPEOID,
+    ] {
+        // SAFETY: registers, once per process, a callback that only sets a flag.
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(mark_stale),
+                pg_sys::Datum::from(0),
+            )
+        };
     }
 }
 

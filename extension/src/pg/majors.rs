@@ -16,9 +16,11 @@ use pgrx::pg_sys;
 /// cache keeps, so switching back and forth does not parse it again.
 #[cfg(feature = "pg15")]
 pub(crate) struct SearchPathToken(());
-/// The GUC nest level the path was set in.
+/// The GUC nest level the path was set in, closed when the token is dropped.
 #[cfg(feature = "pg18")]
-pub(crate) struct SearchPathToken(c_int);
+pub(crate) struct SearchPathToken {
+    _level: crate::pg::guc::SettingsLevel,
+}
 
 #[cfg(feature = "pg15")]
 pub(crate) fn push_catalog_search_path() -> SearchPathToken {
@@ -37,24 +39,22 @@ pub(crate) fn push_catalog_search_path() -> SearchPathToken {
 
 #[cfg(feature = "pg18")]
 pub(crate) fn push_catalog_search_path() -> SearchPathToken {
-    SearchPathToken(crate::pg::guc::settings_level(&[(
-        c"search_path",
-        c"pg_catalog, pg_temp",
-    )]))
+    SearchPathToken {
+        _level: crate::pg::guc::SettingsLevel::open(&[(c"search_path", c"pg_catalog, pg_temp")]),
+    }
 }
 
 /// Undoes push_catalog_search_path.
 #[cfg(feature = "pg15")]
-pub(crate) fn pop_catalog_search_path(_token: &SearchPathToken) {
+pub(crate) fn pop_catalog_search_path(_token: SearchPathToken) {
     // SAFETY: pops the entry push_catalog_search_path pushed.
     unsafe { pg_sys::PopOverrideSearchPath() };
 }
 
 #[cfg(feature = "pg18")]
-pub(crate) fn pop_catalog_search_path(token: &SearchPathToken) {
-    // SAFETY: closes the nest level push_catalog_search_path opened; levels opened
-    // after it were closed first (every user of nest levels here is scoped).
-    unsafe { pg_sys::AtEOXact_GUC(true, token.0) };
+pub(crate) fn pop_catalog_search_path(token: SearchPathToken) {
+    // Closes the nest level push_catalog_search_path opened.
+    drop(token);
 }
 
 /// `simple_heap_update`, and whether the new version needs index entries (it is not

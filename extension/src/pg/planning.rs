@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 
-use pgrx::pg_sys;
+use crate::pg::guc::SettingsLevel;
 
 /// How tally's own statements are planned while alive, undone at drop (or by
 /// PostgreSQL at abort): `enable_seqscan = off`, and with `generic`,
@@ -24,7 +24,7 @@ pub(crate) struct IndexOnlyPlanning(());
 
 thread_local! {
     /// The plannings alive, innermost last: (generic, the GUC nest level once applied).
-    static PLANNING: std::cell::RefCell<Vec<(bool, Option<std::os::raw::c_int>)>> =
+    static PLANNING: std::cell::RefCell<Vec<(bool, Option<SettingsLevel>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -49,7 +49,7 @@ impl IndexOnlyPlanning {
         } else {
             &[(c"enable_seqscan", c"off")]
         };
-        let level = crate::pg::guc::settings_level(settings);
+        let level = SettingsLevel::open(settings);
         PLANNING.with(|p| {
             if let Some(last) = p.borrow_mut().last_mut() {
                 last.1 = Some(level);
@@ -59,20 +59,18 @@ impl IndexOnlyPlanning {
 
     /// Forgets every planning (the transaction aborted; PostgreSQL undid the settings).
     pub(crate) fn reset() {
-        PLANNING.with(|p| p.borrow_mut().clear());
+        let plannings = PLANNING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for level in plannings.into_iter().filter_map(|(_, level)| level) {
+            level.abandon();
+        }
     }
 }
 
 impl Drop for IndexOnlyPlanning {
     fn drop(&mut self) {
+        // Closes the nest level apply() opened, if any (unless unwinding from an
+        // error: the (sub)transaction's abort closes it).
         let popped = PLANNING.with(|p| p.borrow_mut().pop());
-        // Unwinding from an error: the (sub)transaction's abort closes the level.
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some((_, Some(level))) = popped {
-            // SAFETY: closes the nest level opened in apply().
-            unsafe { pg_sys::AtEOXact_GUC(true, level) };
-        }
+        drop(popped);
     }
 }

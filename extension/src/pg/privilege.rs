@@ -21,11 +21,11 @@ use crate::pg::majors::{self, SearchPathToken};
 /// operators then cannot be shadowed by objects in a schema the caller's path lists
 /// first.
 #[must_use]
-pub struct CatalogSearchPath(SearchPathToken);
+pub struct CatalogSearchPath(Option<SearchPathToken>);
 
 impl CatalogSearchPath {
     pub fn push() -> Self {
-        CatalogSearchPath(majors::push_catalog_search_path())
+        CatalogSearchPath(Some(majors::push_catalog_search_path()))
     }
 }
 
@@ -35,7 +35,9 @@ impl Drop for CatalogSearchPath {
         if std::thread::panicking() {
             return;
         }
-        majors::pop_catalog_search_path(&self.0);
+        if let Some(token) = self.0.take() {
+            majors::pop_catalog_search_path(token);
+        }
     }
 }
 

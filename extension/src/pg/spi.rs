@@ -41,12 +41,10 @@ pub(crate) fn run_cached_for_bulk<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
 ) -> SpiTupleTable<'conn> {
-    let level = crate::pg::guc::settings_level(&[(c"enable_sort", c"off"), (c"jit", c"off")]);
-    let table = run_cached_as_planned(client, sql, &[], &[]);
-    // SAFETY: closes the nest level opened above; the statement has run (SPI keeps
-    // its rows), and an error before this point has PostgreSQL undo the level.
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    table
+    let _settings =
+        crate::pg::guc::SettingsLevel::open(&[(c"enable_sort", c"off"), (c"jit", c"off")]);
+    // The statement has run when the level closes: SPI keeps its rows.
+    run_cached_as_planned(client, sql, &[], &[])
 }
 
 /// run_cached without IndexOnlyPlanning's settings: for a statement that scans no

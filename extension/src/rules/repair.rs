@@ -5,6 +5,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::domain::meter::Slot;
 use crate::pg::privilege::CatalogSearchPath;
 use crate::pg::write_mark::InternalWrite;
 
@@ -118,19 +119,16 @@ fn one_i64(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> 
 fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
     let period_start = d.period_start.expect("usage drift has a period");
     let key = || -> Vec<DatumWithOid<'static>> { vec![d.id.clone().into(), period_start.into()] };
+    // The slot whose column drifted; its name in the statements below is tally's own.
+    let column = Slot::ALL
+        .into_iter()
+        .map(Slot::used_column)
+        .find(|column| *column == d.counter)
+        .expect("tally: verify names a usage column");
     // Read, then write with plain values: each statement is routed by user_id on
     // Citus (an INSERT … SELECT with parameters would be sent to every shard).
-    let period_end: Option<TimestampWithTimeZone> = client
-        .select(
-            "SELECT tally.period_end_for(s.period_anchor, p.period, $2)
-               FROM tally.subscriptions s JOIN tally.plans p ON p.plan_id = s.plan_id
-              WHERE s.user_id = $1",
-            None,
-            &key(),
-        )
-        .unwrap_or_else(|e| panic!("tally: repair could not read a subscription: {e}"))
-        .next()
-        .and_then(|row| row.get(1).ok().flatten());
+    let period_end = crate::store::sql::subscription(client, &d.id)
+        .map(|s| crate::domain::period::period_bounds(s.anchor, &s.period, period_start).1);
     if let Some(period_end) = period_end {
         client
             .update(
@@ -143,9 +141,11 @@ fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
     }
     let stored = one_i64(
         client,
-        "SELECT CASE WHEN $3 = 'practice_sessions_used' THEN practice_sessions_used ELSE assessments_used END::bigint
-           FROM tally.usage WHERE user_id = $1 AND period_start = $2 FOR UPDATE",
-        &[d.id.clone().into(), period_start.into(), d.counter.clone().into()],
+        &format!(
+            "SELECT {column}::bigint FROM tally.usage
+              WHERE user_id = $1 AND period_start = $2 FOR UPDATE"
+        ),
+        &key(),
     );
     let Some(stored) = stored else {
         // No usage row and no subscription: nothing is stored and nothing counts.
@@ -153,24 +153,22 @@ fn fix_usage(client: &mut SpiClient<'_>, d: &Drift) -> (i64, i64) {
     };
     let actual = one_i64(
         client,
-        "SELECT CASE WHEN $3 = 'practice_sessions_used' THEN practice_sessions_used ELSE assessments_used END::bigint
-           FROM tally.usage_recount WHERE user_id = $1 AND period_start = $2",
-        &[
-            d.id.clone().into(),
-            period_start.into(),
-            d.counter.clone().into(),
-        ],
+        &format!(
+            "SELECT {column}::bigint FROM tally.usage_recount
+              WHERE user_id = $1 AND period_start = $2"
+        ),
+        &key(),
     )
     .unwrap_or(0);
     if stored != actual {
         client
             .update(
-                "UPDATE tally.usage
-                    SET practice_sessions_used = CASE WHEN $3 = 'practice_sessions_used' THEN $4::int ELSE practice_sessions_used END,
-                        assessments_used = CASE WHEN $3 = 'assessments_used' THEN $4::int ELSE assessments_used END
-                  WHERE user_id = $1 AND period_start = $2",
+                &format!(
+                    "UPDATE tally.usage SET {column} = $3::int
+                      WHERE user_id = $1 AND period_start = $2"
+                ),
                 None,
-                &[d.id.clone().into(), period_start.into(), d.counter.clone().into(), actual.into()],
+                &[d.id.clone().into(), period_start.into(), actual.into()],
             )
             .unwrap_or_else(|e| panic!("tally: repair could not update usage: {e}"));
     }

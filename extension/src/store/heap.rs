@@ -331,15 +331,11 @@ impl Table {
                 .map(|i| pg_sys::list_nth_oid(list, i))
                 .find(|&index| {
                     let relname = pg_sys::get_rel_name(index);
-                    !relname.is_null()
-                        && CStr::from_ptr(relname).to_str().is_ok_and(|n| {
-                            n == name
-                                || n.strip_prefix(name)
-                                    .and_then(|rest| rest.strip_prefix('_'))
-                                    .is_some_and(|id| {
-                                        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
-                                    })
-                        })
+                    !relname.is_null() && {
+                        let n = CStr::from_ptr(relname).to_bytes();
+                        n == name.as_bytes()
+                            || crate::citus::shard_id_in_name(n, name.as_bytes()).is_some()
+                    }
                 });
             pg_sys::list_free(list);
             found.filter(|&index| index_usable(index))

@@ -175,7 +175,7 @@ impl Tables {
     }
 }
 
-/// Counts reservations by key (crate::counting::limits::RESERVATIONS_SQL, without the
+/// Counts reservations by key (crate::store::sql::RESERVATIONS_SQL, without the
 /// executor), all with one snapshot taken when it is made: after the usage row locks
 /// of the statement being checked.
 pub(crate) struct Reservations {

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::domain::meter::{Feeds, PerSlot, Slot};
+use crate::domain::reservation::cutoff_sql;
 use crate::pg::spi::{
     get, get_nullable, run_cached, run_cached_as_planned, INT4, TEXT, TIMESTAMPTZ, UUID,
 };
@@ -226,15 +227,18 @@ pub(crate) fn feeds(client: &mut SpiClient<'_>, kind: &str) -> Feeds {
 /// Started sessions still holding a reservation in one (user, period), per slot:
 /// the same index range for every slot, and the usage document needs them all. A separate statement so that its snapshot is taken after the usage row
 /// lock; scalar parameters so that its plan is prepared once.
-pub(crate) const RESERVATIONS_SQL: &str = r#"
+pub(crate) const RESERVATIONS_SQL: &str = concat!(
+    r#"
 SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
        count(*) FILTER (WHERE k.counter = 'assessments')::int
   FROM tally.sessions x
   JOIN tally.session_kinds k ON k.kind = x.kind
  WHERE x.user_id = $1 AND x.status = 'started'
    AND x.started_at >= $2 AND x.started_at < $3
-   AND x.started_at > now() - tally.reservation_timeout()
-"#;
+   AND x.started_at > "#,
+    cutoff_sql!(),
+    "\n"
+);
 
 /// The reservations in one (user, period), per slot.
 pub(crate) fn reservations(

@@ -88,6 +88,20 @@ mod tests {
         assert_eq!(by_key, Some(crate::domain::meter::PerSlot::new([2, 1])));
     }
 
+    /// tally's own statements and tally.current_usage hold reservations back to the
+    /// same cutoff (crate::domain::reservation::cutoff_sql!).
+    #[pg_test]
+    fn statements_and_the_usage_view_share_one_reservation_cutoff() {
+        let cutoff = crate::domain::reservation::cutoff_sql!();
+        let view = Spi::get_one::<String>(
+            "SELECT pg_catalog.pg_get_viewdef('tally.current_usage'::regclass)",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(view.contains(cutoff), "{view}");
+        assert!(crate::store::sql::RESERVATIONS_SQL.contains(cutoff));
+    }
+
     /// A relcache invalidation forgets only the table it names: DDL elsewhere keeps
     /// what was resolved and the plans kept, an index built on tally.usage forgets
     /// tally.usage alone, and a write to tally.plans forgets the plans kept.
