@@ -15,6 +15,11 @@ psql_at() { psql -X -q -v ON_ERROR_STOP=1 -At "$@"; }
 fail() { echo "upgrade test: $*" >&2; exit 1; }
 fresh() { psql_at "$admin" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null; }
 mkdir -p target/upgrade
+# A run stopped half-way leaves its databases and the fill's role: they go first.
+for db in $(psql_at "$admin" -c "SELECT datname FROM pg_database WHERE datname LIKE 'tally\_upgrade\_%'"); do
+    psql_at "$admin" -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
+done
+psql_at "$admin" -c "DROP ROLE IF EXISTS up_writer" >/dev/null
 
 fresh tally_upgrade_fresh
 psql_at "$base/tally_upgrade_fresh" -c "CREATE EXTENSION tally" >/dev/null
