@@ -65,22 +65,9 @@ impl<T> PerSlot<T> {
         PerSlot(self.0.map(f))
     }
 
-    /// Each slot's value paired with `other`'s.
-    pub fn zip<U>(self, other: PerSlot<U>) -> PerSlot<(T, U)> {
-        let mut other = other.0.into_iter();
-        PerSlot(
-            self.0
-                .map(|value| (value, other.next().expect("same length"))),
-        )
-    }
-
     /// (slot, value), in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (Slot, &T)> {
         Slot::ALL.into_iter().zip(self.0.iter())
-    }
-
-    pub fn into_values(self) -> [T; SLOTS] {
-        self.0
     }
 
     /// Whether any slot's value passes `test`.
@@ -191,8 +178,8 @@ mod unit_tests {
         );
         assert_eq!(used.checked_add(PerSlot::new([i32::MAX, 0])), None);
         assert_eq!(
-            PerSlot::from_fn(Slot::meter).zip(used).into_values()[1],
-            ("assessments", 5)
+            PerSlot::from_fn(Slot::meter)[Slot::ASSESSMENTS],
+            "assessments"
         );
         assert_eq!(
             used.iter().map(|(slot, n)| (slot, *n)).last(),

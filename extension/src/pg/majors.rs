@@ -7,7 +7,8 @@ use std::os::raw::c_int;
 
 use pgrx::pg_sys;
 
-/// A search path of pg_catalog only, in effect until `pop_catalog_search_path`.
+/// A search path of pg_catalog only, in effect until the token is dropped (unless
+/// unwinding from an error: the (sub)transaction's abort undoes it).
 ///
 /// PostgreSQL 15 has `PushOverrideSearchPath`, which swaps the path without touching
 /// the GUC. PostgreSQL 17 removed it (commit "Remove PushOverrideSearchPath and
@@ -16,7 +17,7 @@ use pgrx::pg_sys;
 /// cache keeps, so switching back and forth does not parse it again.
 #[cfg(feature = "pg15")]
 pub(crate) struct SearchPathToken(());
-/// The GUC nest level the path was set in, closed when the token is dropped.
+/// The GUC nest level the path was set in (crate::pg::guc::SettingsLevel).
 #[cfg(feature = "pg18")]
 pub(crate) struct SearchPathToken {
     _level: crate::pg::guc::SettingsLevel,
@@ -30,7 +31,7 @@ pub(crate) fn push_catalog_search_path() -> SearchPathToken {
         addTemp: false,
         generation: 0,
     };
-    // SAFETY: PostgreSQL copies the path; it is popped by pop_catalog_search_path at
+    // SAFETY: PostgreSQL copies the path; it is popped when the token is dropped at
     // the same transaction nesting level, or discarded by PostgreSQL if the
     // transaction aborts first.
     unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
@@ -44,17 +45,15 @@ pub(crate) fn push_catalog_search_path() -> SearchPathToken {
     }
 }
 
-/// Undoes push_catalog_search_path.
 #[cfg(feature = "pg15")]
-pub(crate) fn pop_catalog_search_path(_token: SearchPathToken) {
-    // SAFETY: pops the entry push_catalog_search_path pushed.
-    unsafe { pg_sys::PopOverrideSearchPath() };
-}
-
-#[cfg(feature = "pg18")]
-pub(crate) fn pop_catalog_search_path(token: SearchPathToken) {
-    // Closes the nest level push_catalog_search_path opened.
-    drop(token);
+impl Drop for SearchPathToken {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // SAFETY: pops the entry push_catalog_search_path pushed.
+        unsafe { pg_sys::PopOverrideSearchPath() };
+    }
 }
 
 /// `simple_heap_update`, and whether the new version needs index entries (it is not

@@ -21,22 +21,15 @@ use crate::pg::majors::{self, SearchPathToken};
 /// operators then cannot be shadowed by objects in a schema the caller's path lists
 /// first.
 #[must_use]
-pub struct CatalogSearchPath(Option<SearchPathToken>);
+pub struct CatalogSearchPath {
+    // Popped when dropped (crate::pg::majors).
+    _token: SearchPathToken,
+}
 
 impl CatalogSearchPath {
     pub fn push() -> Self {
-        CatalogSearchPath(Some(majors::push_catalog_search_path()))
-    }
-}
-
-impl Drop for CatalogSearchPath {
-    fn drop(&mut self) {
-        // Unwinding from an error: the (sub)transaction's abort pops it.
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some(token) = self.0.take() {
-            majors::pop_catalog_search_path(token);
+        CatalogSearchPath {
+            _token: majors::push_catalog_search_path(),
         }
     }
 }

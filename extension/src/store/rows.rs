@@ -11,7 +11,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::domain::meter::{Feeds, PerSlot, SLOTS};
+use crate::domain::meter::{Feeds, PerSlot, Slot, SLOTS};
 use crate::domain::reservation::reservation_cutoff;
 use crate::store::catalog_cache;
 
@@ -475,14 +475,9 @@ pub(crate) fn add_to_usage(
         let mut columns = [0 as std::os::raw::c_int; SLOTS + 1];
         let mut values = [pg_sys::Datum::from(0); SLOTS + 1];
         let mut nulls = [false; SLOTS + 1];
-        for (i, (column, value)) in used_columns
-            .zip(after)
-            .into_values()
-            .into_iter()
-            .enumerate()
-        {
-            columns[i] = column as _;
-            values[i] = pg_sys::Datum::from(value);
+        for (i, slot) in Slot::ALL.into_iter().enumerate() {
+            columns[i] = used_columns[slot] as _;
+            values[i] = pg_sys::Datum::from(after[slot]);
         }
         let mut changed = SLOTS;
         if let (Some(column), true) = (bound_column, bound != bound_before) {

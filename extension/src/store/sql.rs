@@ -225,8 +225,9 @@ pub(crate) fn feeds(client: &mut SpiClient<'_>, kind: &str) -> Feeds {
 }
 
 /// Started sessions still holding a reservation in one (user, period), per slot:
-/// the same index range for every slot, and the usage document needs them all. A separate statement so that its snapshot is taken after the usage row
-/// lock; scalar parameters so that its plan is prepared once.
+/// the same index range for every slot, and the usage document needs them all. A
+/// separate statement so that its snapshot is taken after the usage row lock; scalar
+/// parameters so that its plan is prepared once.
 pub(crate) const RESERVATIONS_SQL: &str = concat!(
     r#"
 SELECT count(*) FILTER (WHERE k.counter = 'practice_sessions')::int,
